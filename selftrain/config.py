@@ -1,0 +1,232 @@
+"""One settings object for the whole system.
+
+Every field carries its default, unit and meaning; the TOML file that `selftrain init`
+writes and the `SELFTRAIN_*` environment overrides are both derived from this class,
+never re-declared. Precedence: defaults < `<workspace>/selftrain.toml` < environment.
+
+Defaults marked "spec" come from the system's training documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selftrain.errors import SelftrainError
+
+CONFIG_NAME = "selftrain.toml"
+DEFAULT_WORKSPACE = Path(".selftrain")
+ENV_PREFIX = "SELFTRAIN_"
+
+
+def _f(default, help: str, section: str):
+    metadata = {"help": help, "section": section}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class Settings:
+    """All of selftrain's settings. `workspace` is where the database, artifacts and
+    model cache live; it is chosen on the command line (`--workspace`) or through
+    `SELFTRAIN_WORKSPACE`, never inside the file that lives in it."""
+
+    workspace: Path = DEFAULT_WORKSPACE
+
+    # --- storage ---
+    database_url: str = _f(
+        "", "SQLAlchemy URL; empty means a SQLite file `selftrain.db` in the workspace. "
+        "Example: postgresql+psycopg://user@127.0.0.1:5432/selftrain", "storage")
+
+    # --- model ---
+    base_model: str = _f(
+        "smollm2-135m-instruct", "Base model: the built-in alias, a local Hugging Face "
+        "checkpoint folder, or a Hugging Face model id already in the local cache.", "model")
+    prompt_format: str = _f(
+        "chat", "How requests are shown to the model, in training and in generation: "
+        "'chat' (the model's chat template) or 'instruction' (the spec's "
+        "### Instruction / ### Code / ### Explanation layout).", "model")
+    dtype: str = _f("bfloat16", "Weights dtype for training and generation: bfloat16 "
+                    "(fast on AMX CPUs and GPUs) or float32.", "model")
+    max_new_tokens: int = _f(256, "Most tokens generated per answer.", "model")
+    generation_batch_size: int = _f(8, "Prompts generated together in one batch.", "model")
+
+    # --- loop (spec) ---
+    learning_threshold: int = _f(100, "New interactions that trigger a learning cycle (spec).", "loop")
+    quality_threshold: float = _f(0.7, "Minimum quality score in [0, 1] for a training example (spec).", "loop")
+    min_examples: int = _f(10, "Fewest curated examples a cycle will train on (spec).", "loop")
+    improvement_threshold: float = _f(
+        0.05, "Relative improvement of the candidate's mean score over the model in "
+        "service required to deploy, e.g. 0.05 = 5% (spec).", "loop")
+    significance_level: float = _f(0.05, "Alpha of the paired significance test the gate uses.", "loop")
+    check_interval: int = _f(3600, "Seconds between the loop's checks for new interactions (spec).", "loop")
+
+    # --- LoRA (spec) ---
+    lora_r: int = _f(8, "LoRA rank r: the update is B·A with B ∈ R^{d×r} (up) and A ∈ R^{r×k} (down).", "lora")
+    lora_alpha: int = _f(32, "LoRA scaling α; the update is scaled by α/r.", "lora")
+    lora_dropout: float = _f(0.1, "Dropout on the LoRA input during training.", "lora")
+    lora_target_modules: list[str] = _f(
+        [], "Module names to adapt; empty means detect from the architecture "
+        "(Llama: q/k/v/o_proj, GPT-2: c_attn/c_proj).", "lora")
+
+    # --- training (spec) ---
+    epochs: int = _f(3, "Passes over the training split (spec).", "training")
+    batch_size: int = _f(2, "Examples per optimizer step (spec).", "training")
+    learning_rate: float = _f(2e-4, "Peak AdamW learning rate (a common LoRA value; the spec's "
+                              "search space spans 1e-5 to 5e-4).", "training")
+    warmup_steps: int = _f(100, "Linear warmup steps (spec), capped at 10% of a short run's steps.", "training")
+    weight_decay: float = _f(0.01, "AdamW weight decay (spec).", "training")
+    max_length: int = _f(512, "Longest training sequence in tokens (spec); longer examples are truncated.", "training")
+    eval_fraction: float = _f(0.1, "Share of curated examples held out to measure eval loss.", "training")
+    eval_steps: int = _f(50, "Optimizer steps between eval-loss measurements (spec).", "training")
+    seed: int = _f(0, "Seed for data splits, shuffling and LoRA initialisation.", "training")
+
+    # --- evaluation ---
+    eval_suite: str = _f(
+        "demo", "Problems the gate evaluates on: 'demo' (bundled) or a JSONL file of "
+        "{task_id, prompt, entry_point, tests}.", "evaluation")
+    eval_limit: int = _f(0, "Evaluate on at most this many problems (0 = all).", "evaluation")
+
+    # --- sandbox ---
+    sandbox_timeout_s: float = _f(10.0, "Wall-clock seconds one program may run.", "sandbox")
+    sandbox_memory_mb: int = _f(1024, "Address-space limit of one program, MiB.", "sandbox")
+    sandbox_workers: int = _f(2, "Programs run in parallel.", "sandbox")
+    allow_unsafe_execution: bool = _f(
+        False, "Run generated code without bubblewrap isolation when it is unavailable "
+        "(dangerous; never on a shared machine).", "sandbox")
+
+    # --- derived locations ---
+    @property
+    def config_path(self) -> Path:
+        return self.workspace / CONFIG_NAME
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.workspace / "artifacts"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.workspace / "models"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.workspace / 'selftrain.db').resolve()}"
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    """The fields a user can set in the TOML file or the environment."""
+    return [f for f in dataclasses.fields(Settings) if f.name != "workspace"]
+
+
+def _coerce(name: str, value, annotation: str, origin: str):
+    """Convert a TOML or environment value to the field's type, or say what was expected."""
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false",
+                "str": "a string", "list[str]": "a list of strings"}[annotation]
+    from_env = isinstance(value, str) and origin.startswith("environment")
+    try:
+        if annotation == "bool":
+            if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            if isinstance(value, bool):
+                return value
+        elif annotation == "int":
+            if from_env:
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif annotation == "float":
+            if from_env:
+                return float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif annotation == "str":
+            if isinstance(value, str):
+                return value
+        elif annotation == "list[str]":
+            if from_env:
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+    except ValueError:
+        pass
+    raise SelftrainError(f"Setting '{name}' in {origin} must be {expected}, got {value!r}.")
+
+
+def load_settings(workspace: Path | str | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build the settings for a workspace: defaults, then its TOML file, then the environment."""
+    env = os.environ if env is None else env
+    workspace = Path(workspace or env.get(ENV_PREFIX + "WORKSPACE") or DEFAULT_WORKSPACE)
+    values: dict = {}
+    path = workspace / CONFIG_NAME
+    known = {f.name: f for f in setting_fields()}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SelftrainError(f"Could not read the settings file {path}: {exc}.") from None
+        for key, value in data.items():
+            if key not in known:
+                raise SelftrainError(f"Unknown setting '{key}' in {path}; `selftrain init --force` "
+                                     "writes a file listing every setting.")
+            values[key] = _coerce(key, value, known[key].type, str(path))
+    for name, f in known.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw, f.type, f"environment variable {ENV_PREFIX}{name.upper()}")
+    settings = Settings(workspace=workspace, **values)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Reject values that would only fail later, deep inside a training run."""
+    checks = [
+        (s.prompt_format in ("chat", "instruction"), "prompt_format", "'chat' or 'instruction'"),
+        (s.dtype in ("bfloat16", "float32"), "dtype", "'bfloat16' or 'float32'"),
+        (0 <= s.quality_threshold <= 1, "quality_threshold", "a number in [0, 1]"),
+        (0 < s.significance_level < 1, "significance_level", "a number in (0, 1)"),
+        (0 < s.eval_fraction < 1, "eval_fraction", "a number in (0, 1)"),
+        (s.improvement_threshold >= 0, "improvement_threshold", "a number ≥ 0"),
+    ]
+    for name in ("learning_threshold", "min_examples", "check_interval", "lora_r", "lora_alpha",
+                 "epochs", "batch_size", "max_length", "eval_steps", "max_new_tokens",
+                 "generation_batch_size", "sandbox_workers", "sandbox_memory_mb"):
+        checks.append((getattr(s, name) > 0, name, "a positive integer"))
+    checks += [
+        (0 <= s.lora_dropout < 1, "lora_dropout", "a number in [0, 1)"),
+        (s.learning_rate > 0, "learning_rate", "a positive number"),
+        (s.warmup_steps >= 0, "warmup_steps", "an integer ≥ 0"),
+        (s.eval_limit >= 0, "eval_limit", "an integer ≥ 0 (0 = all)"),
+        (s.sandbox_timeout_s > 0, "sandbox_timeout_s", "a positive number"),
+    ]
+    for ok, name, expected in checks:
+        if not ok:
+            raise SelftrainError(f"Setting '{name}' must be {expected}, got {getattr(s, name)!r}.")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_default_toml() -> str:
+    """The commented settings file `selftrain init` writes: every setting, at its default."""
+    lines = ["# selftrain settings. Every key is optional; shown here at its default.",
+             "# Environment variables SELFTRAIN_<KEY> (upper case) override this file.", ""]
+    section = None
+    for f in setting_fields():
+        if f.metadata["section"] != section:
+            section = f.metadata["section"]
+            lines += [f"# --- {section} ---"]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines += [f"# {f.metadata['help']}", f"{f.name} = {_toml_value(default)}", ""]
+    return "\n".join(lines)

