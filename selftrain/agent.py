@@ -31,7 +31,8 @@ class Agent:
             active = active_version(session)
             self.version_id = active.id if active else None
             adapter = active.adapter_path if active else None
-        location = resolve_base_model(settings.base_model, settings.model_cache_dir)
+        location = resolve_base_model(settings.base_model, settings.model_cache_dir,
+                                  settings.allow_model_downloads)
         self.model, self.tokenizer = load_model(location, settings.dtype, adapter=adapter)
 
     def answer(self, prompts: list[str], *, user: str = "anonymous", source: str = "cli",

@@ -46,6 +46,9 @@ class Settings:
     base_model: str = _f(
         "smollm2-135m-instruct", "Base model: the built-in alias, a local Hugging Face "
         "checkpoint folder, or a Hugging Face model id already in the local cache.", "model")
+    allow_model_downloads: bool = _f(
+        False, "Let a Hugging Face model id be downloaded when it is not in the local cache "
+        "(off: runs never touch the network).", "model")
     prompt_format: str = _f(
         "chat", "How requests are shown to the model, in training and in generation: "
         "'chat' (the model's chat template) or 'instruction' (the spec's "

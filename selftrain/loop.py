@@ -164,7 +164,8 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     report.dataset_snapshot = digest
 
     # 2. Fine-tune, continuing from the adapter in service so what it learned is kept.
-    location = resolve_base_model(settings.base_model, settings.model_cache_dir)
+    location = resolve_base_model(settings.base_model, settings.model_cache_dir,
+                                  settings.allow_model_downloads)
     config = sft.SFTConfig.from_settings(settings)
     steps: list[dict] = []
     result = sft.run(config, curation.examples, location, work / "adapter",

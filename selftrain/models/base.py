@@ -25,8 +25,9 @@ KNOWN_TARGETS = (("q_proj", "k_proj", "v_proj", "o_proj"),  # Llama, Mistral, Qw
                  ("Wqkv", "out_proj"))                        # MPT-style
 
 
-def resolve_base_model(name: str, cache_dir: Path) -> str:
-    """A loadable location for `name`: a converted built-in, a local folder or a hub id."""
+def resolve_base_model(name: str, cache_dir: Path, allow_downloads: bool = False) -> str:
+    """A local folder holding `name`: the converted built-in, a checkpoint folder, or a
+    Hugging Face id found in the local cache (downloaded only when allowed)."""
     if name in BUILTIN_MODELS:
         return str(_convert_builtin(name, cache_dir))
     path = Path(name).expanduser()
@@ -35,9 +36,22 @@ def resolve_base_model(name: str, cache_dir: Path) -> str:
             raise SelftrainError(f"The folder {path} is not a Hugging Face checkpoint (it has no config.json).")
         return str(path)
     if name.count("/") == 1 and all(name.split("/")):
-        return name  # a Hugging Face id; load_model reports it if it is not in the local cache
+        return _from_hub(name, allow_downloads)
     raise SelftrainError(f"Unknown model {name!r}: use {', '.join(BUILTIN_MODELS)}, "
                          "a local checkpoint folder or a Hugging Face id like org/name.")
+
+
+def _from_hub(repo_id: str, allow_downloads: bool) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=not allow_downloads)
+    except LocalEntryNotFoundError:
+        raise SelftrainError(f"The model {repo_id!r} is not in the local Hugging Face cache; set "
+                             "allow_model_downloads = true to fetch it.") from None
+    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
+        raise SelftrainError(f"Could not fetch the model {repo_id!r}: {exc}".rstrip(".") + ".") from None
 
 
 def _convert_builtin(name: str, cache_dir: Path) -> Path:
@@ -56,6 +70,7 @@ def _convert_builtin(name: str, cache_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantized and refuses to save them, although
@@ -77,6 +92,14 @@ def _convert_builtin(name: str, cache_dir: Path) -> Path:
     return target
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-shard ones are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def torch_dtype(name: str):
     import torch
 
@@ -88,6 +111,7 @@ def load_model(location: str, dtype: str = "bfloat16", adapter: str | None = Non
     """Load (model, tokenizer) from a resolved location, optionally with a LoRA adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype))

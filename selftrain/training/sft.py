@@ -181,8 +181,9 @@ def run(config: SFTConfig, examples: list[Example], base_location: str, output_d
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"Training loss became {float(loss)} at step {step + 1}; "
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"Training loss became {loss_value} at step {step + 1}; "
                                        "no adapter was saved.")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -191,9 +192,9 @@ def run(config: SFTConfig, examples: list[Example], base_location: str, output_d
             step += 1
             n_tokens = int(batch["attention_mask"].sum())
             tokens += n_tokens
-            window.append(float(loss))
+            window.append(loss_value)
             now = time.perf_counter()
-            record = {"step": step, "loss": float(loss), "learning_rate": lr,
+            record = {"step": step, "loss": loss_value, "learning_rate": lr,
                       "tokens_per_s": n_tokens / max(now - window_start, 1e-9)}
             window_start = now
             if step % config.eval_steps == 0 or step == total_steps:

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny random Llama with a real tokenizer, built offline in seconds,
+and workspaces with their own settings and database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "Write a Python function `is_even(n)` that returns True for even numbers.",
+    "```python\ndef is_even(n: int) -> bool:\n    return n % 2 == 0\n```",
+    "### Instruction:\n### Code:\n### Explanation:\nThis function uses the modulo operator.",
+    "for item in items:\n    if item not in seen:\n        seen.add(item)\n        result.append(item)\n",
+    "assert slugify('Hello World') == 'hello-world'\n",
+] * 20
+
+
+def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
+    """A 2-layer Llama (~100k parameters) and a byte-level BPE tokenizer with a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model_dir, monkeypatch) -> Path:
+    """A workspace whose settings point at the tiny model and keep every run short."""
+    for key in list(os.environ):
+        if key.startswith("SELFTRAIN_"):
+            monkeypatch.delenv(key)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "selftrain.toml").write_text(
+        f'base_model = "{tiny_model_dir}"\n'
+        "epochs = 1\nbatch_size = 4\nmax_new_tokens = 16\nmin_examples = 4\n"
+        "eval_limit = 6\nsandbox_timeout_s = 5.0\n", encoding="utf-8")
+    return ws
