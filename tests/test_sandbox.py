@@ -5,18 +5,14 @@ classification, plus that nothing reached the host.
 """
 
 import os
-import pwd
 import secrets
-import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from selftrain.evaluation import sandbox as sandbox_module
 from selftrain.evaluation.sandbox import (
-    SANDBOX_USER,
     ExecutionResult,
     Sandbox,
     SandboxUnavailable,
@@ -45,18 +41,22 @@ def box() -> Sandbox:
     return Sandbox(timeout_s=TIMEOUT_S, memory_mb=256, max_output_bytes=64 << 10)
 
 
-def sandbox_processes() -> list[int]:
-    """Host pids still running as the sandbox user (zombies count: they are not gone yet)."""
-    uid = str(pwd.getpwnam(SANDBOX_USER).pw_uid)
+def label_as(name: str) -> str:
+    """One statement that renames the process (and its future children) to `name` via
+    prctl(PR_SET_NAME), so the host can find exactly these processes: other test runs may use
+    the sandbox user at the same time."""
+    return f"__import__('ctypes').CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)"
+
+
+def processes_named(name: str) -> list[int]:
+    """Host pids whose /proc/<pid>/comm is `name`."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                pids.append(int(pid))
         except OSError:
             continue
-        uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
-        if uid in uids:
-            pids.append(int(pid))
     return pids
 
 
@@ -76,7 +76,7 @@ def test_correct_program_passes(box):
     ("raise SystemExit(0)", "assert False"),
     ("import builtins\nbuiltins.exec = lambda *a, **k: None", "assert False"),  # skip the tests' exec
     (TRACER_THAT_SKIPS_ASSERTS, "x = 1\ny = 1\nassert x == 2\nz = 2"),
-])
+], ids=["wrong-answer", "syntax-error", "os._exit", "sys.exit", "SystemExit", "patched-exec", "tracer-jump"])
 def test_program_that_does_not_pass_its_tests_fails(box, program, tests):
     result = box.run(program, tests)
     assert (result.status, result.passed) == ("failed", False)
@@ -118,7 +118,7 @@ def test_sentinel_never_appears_in_stdout(box):
     # ignores SIGTERM and swallows every exception it can
     "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     "while True:\n    try:\n        time.sleep(0.01)\n    except BaseException:\n        pass",
-])
+], ids=["busy-loop", "ignores-sigterm"])
 def test_endless_program_times_out(box, program):
     result = box.run(program, "")
     assert (result.status, result.passed, result.exit_code) == ("timeout", False, None)
@@ -126,17 +126,18 @@ def test_endless_program_times_out(box, program):
 
 
 def test_fork_bomb_is_contained_and_host_recovers(box):
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    name = f"bomb-{secrets.token_hex(4)}"
+    bomb = label_as(name) + "\nimport os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     result = box.run(bomb, "")
     assert not result.passed and result.status in ("timeout", "failed")
-    assert sandbox_processes() == []
+    assert processes_named(name) == []
     assert box.run("print(1)", "assert 1 + 1 == 2").status == "passed"
 
 
 @pytest.mark.parametrize("program", [
     "x = bytearray(10 ** 10)",
     "blocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 7))",
-])
+], ids=["one-huge-allocation", "growing-list"])
 def test_memory_bomb_fails(box, program):
     result = box.run(program, "")
     assert (result.status, result.passed) == ("failed", False)
@@ -238,17 +239,23 @@ def test_runs_as_unprivileged_user(box):
 
 
 def test_background_process_does_not_outlive_the_run(box):
+    name = f"daemon-{secrets.token_hex(4)}"
     program = ("import os, time\n"
                "if os.fork() == 0:\n"
                "    os.setsid()\n"
                "    if os.fork() == 0:\n"
+               f"        {label_as(name)}\n"
                "        os.close(1); os.close(2)\n"
                "        time.sleep(3)\n"
                "    os._exit(0)\n"
-               "os.wait()")
+               "os.wait()\n"
+               "time.sleep(0.3)\n"  # give the grandchild time to label itself
+               f"print(sum(open(f'/proc/{{p}}/comm').read().strip() == {name!r}\n"
+               "          for p in os.listdir('/proc') if p.isdigit()))")
     result = box.run(program, "")
-    assert result.status == "passed" and result.duration_s < 2
-    assert sandbox_processes() == []
+    assert result.status == "passed" and result.stdout == "1\n"  # the daemon was alive at exit...
+    assert result.duration_s < 2                                  # ...the run did not wait for it...
+    assert processes_named(name) == []                             # ...and it is gone
 
 
 # --- infrastructure -------------------------------------------------------------------------

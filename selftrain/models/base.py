@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from selftrain.errors import SelftrainError
@@ -72,7 +74,15 @@ def _convert_builtin(name: str, cache_dir: Path) -> Path:
 
     _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # silence the GGUF reader's own per-tensor bar
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     # transformers marks GGUF-loaded models as quantized and refuses to save them, although
     # their tensors are already de-quantised: copy them into a plain model of the same config.
     config = copy.deepcopy(quantized.config)
@@ -98,6 +108,7 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def torch_dtype(name: str):
