@@ -48,7 +48,11 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration the database lacks (idempotent)."""
+    """Apply every Alembic migration the database lacks (idempotent).
+
+    Revisions may branch from one another (each feature adds its own tables); "heads"
+    applies all branches, whatever order they were written in.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -56,7 +60,7 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")  # feature branches of the schema may each add a head
 
 
 class Database:
