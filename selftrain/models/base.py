@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import shutil
 import tempfile
 import warnings
@@ -74,15 +73,16 @@ def _convert_builtin(name: str, cache_dir: Path) -> Path:
 
     _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # silence the GGUF reader's own per-tensor bar
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    # Its per-tensor tqdm bar ignores transformers' progress-bar switch: silence it here only.
+    bar = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+        if bar is not None:
+            gguf_utils.tqdm = bar
     # transformers marks GGUF-loaded models as quantized and refuses to save them, although
     # their tensors are already de-quantised: copy them into a plain model of the same config.
     config = copy.deepcopy(quantized.config)
