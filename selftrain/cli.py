@@ -26,6 +26,10 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Model versions: list, activate, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+# Each room's commands live beside it and are registered here.
+from selftrain.cli_data import app as data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 DEMO_INTERACTIONS = Path(__file__).resolve().parent / "resources" / "demo_interactions.jsonl"
 

@@ -68,6 +68,20 @@ class Settings:
     significance_level: float = _f(0.05, "Alpha of the paired significance test the gate uses.", "loop")
     check_interval: int = _f(3600, "Seconds between the loop's checks for new interactions (spec).", "loop")
 
+    # --- curation ---
+    curation_synthetic_per_example: int = _f(
+        0, "AST-mutated variants generated per example (kept only if they still pass the "
+        "example's tests in the sandbox); 0 turns synthesis off.", "curation")
+    curation_balance: str = _f(
+        "smallest", "Category balancing: 'smallest' (spec: down-sample every category to the "
+        "smallest one) or 'none'.", "curation")
+    curation_balance_floor: int = _f(
+        10, "Balancing never cuts a category below this many examples.", "curation")
+    curation_category_cap: int = _f(0, "Most examples kept per category (0 = no cap).", "curation")
+    curation_min_coherence: float = _f(
+        0.3, "Minimum semantic-coherence factor (does the code answer the prompt?) in [0, 1], "
+        "applied besides the overall quality threshold.", "curation")
+
     # --- LoRA (spec) ---
     lora_r: int = _f(8, "LoRA rank r: the update is B·A with B ∈ R^{d×r} (up) and A ∈ R^{r×k} (down).", "lora")
     lora_alpha: int = _f(32, "LoRA scaling α; the update is scaled by α/r.", "lora")
@@ -194,6 +208,10 @@ def validate(s: Settings) -> None:
         (0 < s.significance_level < 1, "significance_level", "a number in (0, 1)"),
         (0 < s.eval_fraction < 1, "eval_fraction", "a number in (0, 1)"),
         (s.improvement_threshold >= 0, "improvement_threshold", "a number ≥ 0"),
+        (s.curation_balance in ("smallest", "none"), "curation_balance", "'smallest' or 'none'"),
+        (0 <= s.curation_min_coherence <= 1, "curation_min_coherence", "a number in [0, 1]"),
+        (s.curation_synthetic_per_example >= 0, "curation_synthetic_per_example", "an integer ≥ 0"),
+        (s.curation_category_cap >= 0, "curation_category_cap", "an integer ≥ 0 (0 = no cap)"),
     ]
     for name in ("learning_threshold", "min_examples", "check_interval", "lora_r", "lora_alpha",
                  "epochs", "batch_size", "max_length", "eval_steps", "max_new_tokens",

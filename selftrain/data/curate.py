@@ -10,24 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from selftrain.models.prompting import INSTRUCTION_EXPLANATION, INSTRUCTION_PROMPT, is_valid_python
-
-MIN_CHARS, MAX_CHARS = 50, 2048  # spec: length filter on the formatted example
-
-
-@dataclass(frozen=True)
-class Example:
-    interaction_id: int | None
-    prompt: str
-    code: str
-    explanation: str
-    category: str
-    target: str  # "corrected" | "accepted" | "rated"
+from selftrain.data.collect import choose_target  # noqa: F401  (public here since the first release)
+from selftrain.data.example import (MAX_CHARS, MIN_CHARS, Drop, Example,  # noqa: F401
+                                    formatted_length, normalize)
 
 
 @dataclass
@@ -37,69 +26,55 @@ class Curation:
     examples: list[Example]
     n_input: int
     dropped: Counter = field(default_factory=Counter)
+    stages: list[dict] = field(default_factory=list)  # {"stage", "in", "out", "seconds", ...} in order
+    drops: list[Drop] = field(default_factory=list)   # one per example that left, with its stage and reason
+    secrets: Counter = field(default_factory=Counter)  # secrets replaced, by kind
+    synthetic: dict = field(default_factory=dict)      # {"added": n, "rejected": {reason: n}}
+    scores: list[float] = field(default_factory=list)  # quality score of every scored candidate
+    config: dict = field(default_factory=dict)
 
     def stats(self) -> dict:
+        kept = [e.quality for e in self.examples if e.quality is not None]
         return {"input": self.n_input, "kept": len(self.examples), "dropped": dict(self.dropped),
                 "targets": dict(Counter(e.target for e in self.examples)),
-                "categories": dict(Counter(e.category for e in self.examples))}
+                "categories": dict(Counter(e.category for e in self.examples)),
+                "stages": self.stages, "secrets": dict(self.secrets), "synthetic": self.synthetic,
+                "quality": {"scored": quality_summary(self.scores), "kept": quality_summary(kept)},
+                "config": self.config, "drops": [d.to_json() for d in self.drops]}
 
 
-def normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def choose_target(interaction, feedback) -> tuple[str, str, str] | str:
-    """(code, explanation, target kind) the model should learn from, or the reason for none."""
-    if feedback.corrected_code and feedback.corrected_code.strip():
-        # The original explanation described the wrong code; do not pair it with the fix.
-        return feedback.corrected_code, "", "corrected"
-    if feedback.accepted is False:
-        return "rejected"
-    if feedback.rating is not None and feedback.rating <= 2:
-        return "low rating"
-    if feedback.accepted:
-        return interaction.code, interaction.explanation, "accepted"
-    if feedback.rating is not None and feedback.rating >= 4:
-        return interaction.code, interaction.explanation, "rated"
-    return "no endorsement"
-
-
-def formatted_length(prompt: str, code: str, explanation: str) -> int:
-    """Characters of the example in the spec's instruction layout (what its filter measures)."""
-    text = INSTRUCTION_PROMPT.format(instruction=prompt.strip()) + code
-    return len(text + (INSTRUCTION_EXPLANATION + explanation if explanation else ""))
+def quality_summary(scores: list[float]) -> dict:
+    """Count, mean, quartiles and a 10-bin histogram over [0, 1] of quality scores."""
+    if not scores:
+        return {"n": 0}
+    ordered = sorted(scores)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    bins = [0] * 10
+    for s in ordered:
+        bins[min(9, int(s * 10))] += 1
+    return {"n": len(ordered), "mean": round(sum(ordered) / len(ordered), 4), "min": ordered[0],
+            "p25": at(0.25), "median": at(0.5), "p75": at(0.75), "max": ordered[-1], "histogram": bins}
 
 
 def curate_interactions(items, *, exclude_prompts: set[str] = frozenset(),
-                        exclude_entry_points: set[str] = frozenset()) -> Curation:
+                        exclude_entry_points: set[str] = frozenset(), exclusions=None,
+                        config=None, verify=None, embed=None, external=()) -> Curation:
     """`items` are (interaction, feedback summary) pairs; nothing here touches a database.
 
-    `exclude_*` hold the evaluation suite's normalised prompts and function names: an
-    item the model will be judged on must never be trained on.
+    `exclude_*` hold the evaluation suite's normalised prompts and function names (or pass
+    a `clean.Exclusions` built from every suite): an item the model will be judged on must
+    never be trained on. `external` adds candidates read by `collect.read_external`;
+    `config` is a `pipeline.CurationConfig`; `verify(code, tests) -> bool` checks mutants.
     """
-    result = Curation(examples=[], n_input=len(items))
-    seen: set[tuple[str, str]] = set()
-    for interaction, feedback in items:
-        choice = choose_target(interaction, feedback)
-        if isinstance(choice, str):
-            result.dropped[choice] += 1
-            continue
-        code, explanation, target = choice
-        prompt = interaction.prompt
-        if not is_valid_python(code):
-            result.dropped["syntax error"] += 1
-        elif not MIN_CHARS <= formatted_length(prompt, code, explanation) <= MAX_CHARS:
-            result.dropped["length"] += 1
-        elif normalize(prompt) in exclude_prompts or (
-                interaction.entry_point and interaction.entry_point in exclude_entry_points):
-            result.dropped["overlaps evaluation suite"] += 1
-        elif (key := (normalize(prompt), normalize(code))) in seen:
-            result.dropped["duplicate"] += 1
-        else:
-            seen.add(key)
-            result.examples.append(Example(interaction.id, prompt, code, explanation,
-                                           interaction.category or "uncategorized", target))
-    return result
+    from selftrain.data.clean import Exclusions
+    from selftrain.data.collect import candidates_from_interactions
+    from selftrain.data.pipeline import curate
+
+    candidates, drops = candidates_from_interactions(items)
+    candidates += list(external)
+    if exclusions is None:
+        exclusions = Exclusions(prompts=set(exclude_prompts), entry_points=set(exclude_entry_points))
+    return curate(candidates, drops, config=config, exclusions=exclusions, verify=verify, embed=embed)
 
 
 def write_snapshot(examples: list[Example], directory: Path) -> tuple[str, Path]:
@@ -125,3 +100,9 @@ def write_snapshot(examples: list[Example], directory: Path) -> tuple[str, Path]
 def read_snapshot(path: Path) -> list[Example]:
     with open(path, encoding="utf-8") as fh:
         return [Example(**json.loads(line)) for line in fh if line.strip()]
+
+
+def snapshot_digest(examples: list[Example]) -> str:
+    """The id `write_snapshot` would give these examples."""
+    lines = [json.dumps(asdict(e), sort_keys=True, ensure_ascii=False) for e in examples]
+    return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()

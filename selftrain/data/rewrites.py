@@ -1,0 +1,222 @@
+"""Style and complexity variations: meaning-preserving rewrites of whole statements.
+
+Style: swap the quote style of plain strings; drop an `else:` that follows a return.
+Complexity: an append loop ↔ a list comprehension (list, set and dict comprehensions
+expand), a conditional expression ↔ an if/else statement. Each rewrite checks the
+conditions under which it keeps meaning (a loop variable must not leak into or clobber
+another name, the list must not be read while it is built, ...) and replaces only the
+lines of the statements it rewrites, so comments elsewhere survive.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import random
+import re
+import tokenize
+
+
+def identifiers(text: str | None) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]\w*", text or ""))
+
+
+def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:
+    """Apply (line, start col, end col, text) replacements; columns are UTF-8 byte offsets."""
+    lines = code.splitlines(keepends=True)
+    for line, start, end, text in sorted(edits, reverse=True):
+        raw = lines[line - 1].encode()
+        lines[line - 1] = (raw[:start] + text.encode() + raw[end:]).decode()
+    return "".join(lines)
+
+
+def _same(a, b) -> bool:
+    """Structural equality of two syntax trees, positions aside (10x cheaper than comparing
+    ast.dump strings, and it stops at the first difference)."""
+    if a.__class__ is not b.__class__:
+        return False
+    if isinstance(a, ast.AST):
+        return all(_same(getattr(a, f, None), getattr(b, f, None)) for f in a._fields)
+    if a.__class__ is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# --- style and complexity: statement rewrites ---------------------------------------------
+
+def _replace_statements(code: str, first: ast.stmt, last: ast.stmt, new: list[ast.stmt]) -> str | None:
+    """Replace the lines from `first` to `last` (whole lines only) with `new`, re-indented."""
+    lines = code.splitlines(keepends=True)
+    head = lines[first.lineno - 1]
+    indent = head[:first.col_offset]
+    tail = lines[last.end_lineno - 1].encode()[last.end_col_offset:].decode(errors="replace").strip()
+    if indent.strip() or (tail and not tail.startswith("#")):
+        return None
+    body = "\n".join(indent + line if line else line
+                     for stmt in new for line in ast.unparse(stmt).splitlines()) + "\n"
+    return "".join(lines[:first.lineno - 1]) + body + "".join(lines[last.end_lineno:])
+
+
+def _bodies(tree: ast.Module):
+    """Statement lists of the module and of every function (not class bodies: odd scoping)."""
+    yield tree.body, tree
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for n in ast.walk(node):
+                for name in ("body", "orelse", "finalbody"):
+                    stmts = getattr(n, name, None)
+                    if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt) \
+                            and not isinstance(n, ast.ClassDef):
+                        yield stmts, node
+
+
+def _names(*nodes) -> set[str]:
+    return {n.id for node in nodes if node is not None for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _returns_always(body: list[ast.stmt]) -> bool:
+    return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break))
+
+
+def vary_style(code: str, rng: random.Random) -> str | None:
+    """Swap the quote style of plain strings, or drop an `else:` that follows a return."""
+    options = []
+    swapped = _swap_quotes(code)
+    if swapped and swapped != code:
+        options.append(swapped)
+    tree = ast.parse(code)
+    for body, _ in _bodies(tree):
+        for stmt in body:
+            if isinstance(stmt, ast.If) and stmt.orelse and _returns_always(stmt.body) \
+                    and not (len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], ast.If)):
+                flat = [ast.If(test=stmt.test, body=stmt.body, orelse=[]), *stmt.orelse]
+                new = _replace_statements(code, stmt, stmt, flat)
+                if new:
+                    options.append(new)
+    return rng.choice(options) if options else None
+
+
+def _swap_quotes(code: str) -> str | None:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    edits = []
+    for tok in tokens:
+        text = tok.string
+        if tok.type != tokenize.STRING or tok.start[0] != tok.end[0] or len(text) < 2 \
+                or text[0] not in "'\"" or text[:3] in ('"""', "'''") or "\\" in text:
+            continue
+        quote, inner = text[0], text[1:-1]
+        other = "'" if quote == '"' else '"'
+        if other in inner:
+            continue
+        line = code.splitlines(keepends=True)[tok.start[0] - 1]
+        start = len(line[:tok.start[1]].encode())
+        edits.append((tok.start[0], start, start + len(text.encode()), other + inner + other))
+    if not edits:
+        return None
+    new_code = _lines_edit(code, edits)
+    try:
+        return new_code if _same(ast.parse(new_code), ast.parse(code)) else None
+    except SyntaxError:
+        return None
+
+
+def vary_complexity(code: str, rng: random.Random) -> str | None:
+    """Trade compact forms for explicit ones or back: an append loop ↔ a comprehension,
+    a conditional expression ↔ an if/else statement."""
+    tree = ast.parse(code)
+    taken = identifiers(code)
+    options = []
+    for body, scope in _bodies(tree):
+        scope_names = [n for n in ast.walk(scope) if isinstance(n, ast.Name)]
+        for i, stmt in enumerate(body):
+            for new in (_collapse(code, body, i) if i + 1 < len(body) else None,
+                        _expand(code, stmt, scope_names, taken), _ternary(code, stmt)):
+                if new:
+                    options.append(new)
+    return rng.choice(options) if options else None
+
+
+def _single_target(stmt) -> str | None:
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    return None
+
+
+def _collapse(code: str, body: list[ast.stmt], i: int) -> str | None:
+    """`xs = []` + `for t in it: [if c:] xs.append(e)` → `xs = [e for t in it if c]`."""
+    init, loop = body[i], body[i + 1]
+    name = _single_target(init)
+    if not name or not (isinstance(init.value, ast.List) and not init.value.elts) \
+            or not isinstance(loop, ast.For) or loop.orelse or len(loop.body) != 1:
+        return None
+    inner, cond = loop.body[0], None
+    if isinstance(inner, ast.If) and not inner.orelse and len(inner.body) == 1:
+        cond, inner = inner.test, inner.body[0]
+    call = inner.value if isinstance(inner, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "append"
+            and isinstance(call.func.value, ast.Name) and call.func.value.id == name
+            and len(call.args) == 1 and not call.keywords):
+        return None
+    used_later = _names(*body[i + 2:])
+    if name in _names(call.args[0], cond, loop.iter) or _names(loop.target) & (used_later | {name}):
+        return None
+    comp = ast.ListComp(elt=call.args[0], generators=[ast.comprehension(
+        target=loop.target, iter=loop.iter, ifs=[cond] if cond is not None else [], is_async=0)])
+    return _replace_statements(code, init, loop, [ast.Assign(targets=[ast.Name(name, ast.Store())], value=comp,
+                                                             lineno=0)])
+
+
+def _expand(code: str, stmt: ast.stmt, scope_names: list[ast.Name], taken: set[str]) -> str | None:
+    """`xs = [e for t in it if c]` (or `return [...]`) → `xs = []` + a loop; list, set and
+    dict comprehensions."""
+    name = _single_target(stmt)
+    if name:
+        comp = stmt.value
+    elif isinstance(stmt, ast.Return):
+        comp = stmt.value
+        name = next(n for n in ("result", "collected", "out_items") if n not in taken)
+    else:
+        return None
+    if not isinstance(comp, (ast.ListComp, ast.SetComp, ast.DictComp)) or len(comp.generators) != 1 \
+            or comp.generators[0].is_async:
+        return None
+    gen = comp.generators[0]
+    loop_vars = _names(gen.target)
+    inside = {id(n) for n in ast.walk(comp)}
+    if name in _names(comp) or any(n.id in loop_vars for n in scope_names if id(n) not in inside):
+        return None  # the loop variable would leak into, or clobber, a name used elsewhere
+    target = ast.Name(name, ast.Load())
+    if isinstance(comp, ast.ListComp):
+        init, add = ast.List([], ast.Load()), ast.Expr(ast.Call(ast.Attribute(target, "append", ast.Load()), [comp.elt], []))
+    elif isinstance(comp, ast.SetComp):
+        init, add = ast.Call(ast.Name("set", ast.Load()), [], []), \
+            ast.Expr(ast.Call(ast.Attribute(target, "add", ast.Load()), [comp.elt], []))
+    else:
+        init = ast.Dict([], [])
+        add = ast.Assign([ast.Subscript(target, comp.key, ast.Store())], comp.value, lineno=0)
+    inner: ast.stmt = add
+    for cond in reversed(gen.ifs):
+        inner = ast.If(cond, [inner], [])
+    new = [ast.Assign([ast.Name(name, ast.Store())], init, lineno=0), ast.For(gen.target, gen.iter, [inner], [], lineno=0)]
+    if isinstance(stmt, ast.Return):
+        new.append(ast.Return(ast.Name(name, ast.Load())))
+    return _replace_statements(code, stmt, stmt, new)
+
+
+def _ternary(code: str, stmt: ast.stmt) -> str | None:
+    """`x = a if c else b` ↔ `if c: x = a` / `else: x = b`."""
+    name = _single_target(stmt)
+    if name and isinstance(stmt.value, ast.IfExp):
+        e = stmt.value
+        assign = lambda v: ast.Assign([ast.Name(name, ast.Store())], v, lineno=0)  # noqa: E731
+        return _replace_statements(code, stmt, stmt, [ast.If(e.test, [assign(e.body)], [assign(e.orelse)])])
+    if isinstance(stmt, ast.If) and len(stmt.body) == 1 and len(stmt.orelse) == 1:
+        a, b = stmt.body[0], stmt.orelse[0]
+        if _single_target(a) and _single_target(a) == _single_target(b):
+            new = ast.Assign([ast.Name(_single_target(a), ast.Store())], ast.IfExp(stmt.test, a.value, b.value), lineno=0)
+            if len(ast.unparse(new)) + stmt.col_offset <= 88:
+                return _replace_statements(code, stmt, stmt, [new])
+    return None

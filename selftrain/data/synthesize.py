@@ -1,0 +1,272 @@
+"""Synthetic examples by AST mutation: the spec's variable renaming, comment addition,
+style variation and complexity variation, each meaning-preserving by construction.
+
+Style and complexity rewrites live in `rewrites.py`. Edits are made on the source text at
+the positions the syntax tree gives, so comments
+and formatting the mutation does not touch survive (`ast.unparse` would drop every
+comment). Each mutant is re-parsed and checked: renaming and comments must give exactly
+the tree the AST-level edit predicts. Where an example has tests, a mutant is kept only
+if `verify(code, tests)` passes (the loop passes the sandbox).
+
+Renaming is scope-aware: only variables bound inside one function are renamed, never
+parameters (callers may pass them by keyword), builtins, imported names, attributes,
+keyword arguments, global or nonlocal names, function or class names, names bound in a
+nested function or class (shadowing), module-level names, or any name the tests use.
+Functions that reach their locals by name (`locals()`, `eval`, `exec`, `vars`) are left
+alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from selftrain.data.example import Candidate, normalize
+from selftrain.data.rewrites import _lines_edit, _same, identifiers, vary_complexity, vary_style  # noqa: F401
+
+MUTATIONS = ("rename", "comments", "style", "complexity")
+Verify = Callable[[str, str], bool]
+
+_RESERVED = set(dir(builtins)) | set(keyword.kwlist) | set(keyword.softkwlist)
+_INTROSPECTION = {"locals", "vars", "eval", "exec", "globals"}
+_SYNONYMS = {
+    "result": "output", "res": "output", "out": "result", "output": "result", "i": "idx", "j": "jdx",
+    "k": "key_", "n": "count", "count": "total", "total": "acc", "acc": "total", "s": "text_", "x": "elem",
+    "item": "element", "element": "item", "items": "elements", "value": "val", "val": "value",
+    "parts": "pieces", "words": "tokens", "line": "row", "lines": "rows", "seen": "visited",
+    "stack": "pending", "queue": "pending", "best": "top", "current": "cur", "key": "k_", "ch": "char_",
+    "c": "char_", "word": "token", "num": "number", "nums": "numbers", "left": "lo", "right": "hi",
+    "lo": "low", "hi": "high", "mid": "middle", "start": "begin", "end": "stop", "data": "payload",
+    "path": "location", "match": "found", "m": "found", "d": "mapping", "counts": "tally",
+}
+
+
+# --- renaming ------------------------------------------------------------------------------
+
+def _scoped_nodes(func: ast.AST):
+    """Nodes of `func`'s own scope (comprehensions included), and the nested def/lambda/class nodes."""
+    own, nested, todo = [], [], list(ast.iter_child_nodes(func))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            nested.append(node)
+            continue
+        own.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return own, nested
+
+
+def rename_variables(code: str, rng: random.Random, protected: set[str] = frozenset()) -> tuple[str, dict] | None:
+    """Rename some function-local variables; (new code, {old: new}) or None if none qualify."""
+    tree = ast.parse(code)
+    taken = identifiers(code) | _RESERVED | set(protected)
+    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree)
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    module_level = {n.id for n in _scoped_nodes(tree)[0] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    mapping: dict[str, str] = {}
+    edits, renamed_nodes = [], []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        own, nested = _scoped_nodes(func)
+        if any(isinstance(n, ast.Name) and n.id in _INTROSPECTION for n in own):
+            continue
+        params = {a.arg for a in ast.walk(func.args) if isinstance(a, ast.arg)}
+        blocked = params | imported | module_level | set(protected) | _RESERVED
+        for inner in nested:  # names a nested scope binds or declares would be shadowed or shared
+            for n in ast.walk(inner):
+                if isinstance(n, ast.arg) or (isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)):
+                    blocked.add(n.arg if isinstance(n, ast.arg) else n.id)
+                elif isinstance(n, (ast.Global, ast.Nonlocal)):
+                    blocked.update(n.names)
+                elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    blocked.add(n.name)
+        for n in own:  # names bound other than by a Name node would not follow a rename
+            if isinstance(n, (ast.Global, ast.Nonlocal)):
+                blocked.update(n.names)
+            elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
+                blocked.add(n.name)
+            elif isinstance(n, ast.MatchMapping) and n.rest:
+                blocked.add(n.rest)
+        local = sorted({n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} - blocked)
+        if not local:
+            continue
+        chosen = rng.sample(local, rng.randint(1, len(local)))
+        for old in chosen:
+            new = _SYNONYMS.get(old, "")
+            while not new or new in taken or not new.isidentifier():
+                new = f"{old}_{rng.choice(['v', 'val', 'tmp', 'ref'])}{rng.randint(2, 9)}"
+            taken.add(new)
+            mapping[f"{func.name}.{old}"] = new
+            for n in ast.walk(func):
+                if isinstance(n, ast.Name) and n.id == old:
+                    edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
+                    renamed_nodes.append((n, new))
+    if not edits:
+        return None
+    lines = code.splitlines(keepends=True)
+    if any(n.lineno != n.end_lineno or lines[n.lineno - 1].encode()[n.col_offset:n.end_col_offset].decode(
+            errors="replace") != n.id for n, _ in renamed_nodes):
+        return None  # positions we cannot trust (inside an f-string before 3.12)
+    new_code = _lines_edit(code, edits)
+    for n, new in renamed_nodes:
+        n.id = new
+    if not _same(ast.parse(new_code), tree):
+        return None
+    return new_code, {k.split(".", 1)[1]: v for k, v in mapping.items()}
+
+
+# --- comments ---------------------------------------------------------------------------
+
+def _short(node: ast.AST, limit: int = 40) -> str | None:
+    text = ast.unparse(node)
+    return text if len(text) <= limit and "\n" not in text else None
+
+
+def _describe(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        target, it = _short(stmt.target), _short(stmt.iter)
+        return f"Go through each {target} in {it}" if target and it else "Loop over the items"
+    if isinstance(stmt, ast.While):
+        test = _short(stmt.test)
+        return f"Keep going while {test}" if test else "Repeat until the condition fails"
+    if isinstance(stmt, ast.If):
+        test = _short(stmt.test)
+        return f"Handle the case where {test}" if test else "Handle the special case"
+    if isinstance(stmt, ast.Return) and stmt.value is not None:
+        value = _short(stmt.value, 30)
+        return f"Return {value}" if value else "Return the result"
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return "Work inside the context manager so it is closed properly"
+    if isinstance(stmt, ast.Try):
+        return "Guard against the errors this step can raise"
+    return None
+
+
+_KEYWORDS = {ast.For: "for", ast.AsyncFor: "async", ast.While: "while", ast.If: "if", ast.Return: "return",
+             ast.With: "with", ast.AsyncWith: "async", ast.Try: "try"}
+
+
+def add_comments(code: str, rng: random.Random, most: int = 3) -> str | None:
+    """Insert up to `most` comments above loops, branches and returns that have none."""
+    tree = ast.parse(code)
+    lines = code.splitlines()
+    spots = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for stmt in ast.walk(node):
+            if type(stmt) not in _KEYWORDS or not (text := _describe(stmt)):
+                continue
+            line = lines[stmt.lineno - 1]
+            indent = line[:stmt.col_offset]
+            previous = lines[stmt.lineno - 2].strip() if stmt.lineno >= 2 else ""
+            if indent.strip() or not line[stmt.col_offset:].startswith(_KEYWORDS[type(stmt)]) \
+                    or previous.startswith("#") or previous.endswith("\\"):
+                continue
+            spots.append((stmt.lineno, f"{indent}# {text}"))
+    if not spots:
+        return None
+    chosen = sorted(set(rng.sample(spots, min(most, len(spots)))), reverse=True)
+    for lineno, comment in chosen:
+        lines.insert(lineno - 1, comment)
+    new_code = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
+    return new_code if _same(ast.parse(new_code), tree) else None
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def mutate(code: str, mutation: str, rng: random.Random, protected: set[str] = frozenset()) -> tuple[str, dict] | None:
+    """One mutant of `code` by the named mutation, with the renames it made; None when it
+    does not apply or its result would not parse."""
+    try:
+        if mutation == "rename":
+            out = rename_variables(code, rng, protected)
+        else:
+            new = {"comments": add_comments, "style": vary_style, "complexity": vary_complexity}[mutation](code, rng)
+            out = (new, {}) if new else None
+        if out is None or normalize(out[0]) == normalize(code):
+            return None
+        ast.parse(out[0])
+        return out
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+
+
+def _rename_in_text(text: str, renames: dict) -> str:
+    """Follow renames in an explanation where it quotes code: `name` in backticks."""
+    for old, new in renames.items():
+        text = text.replace(f"`{old}`", f"`{new}`")
+    return text
+
+
+def _mutants_of(c: Candidate, per_example: int, seed: int, mutations: tuple[str, ...]) -> tuple[list[Candidate], int]:
+    """Up to `per_example` mutants of one candidate, and how many could not be made. Each
+    candidate has its own seeded generator, so results do not depend on batching."""
+    rng = random.Random(f"{seed}:{c.ref}")
+    protected = identifiers(c.tests) | ({c.entry_point} if c.entry_point else set())
+    made: list[Candidate] = []
+    for mutation in rng.sample(mutations, len(mutations)):
+        if len(made) >= per_example:
+            break
+        out = mutate(c.code, mutation, rng, protected)
+        if out is None:
+            continue
+        code, renames = out
+        made.append(Candidate(
+            ref=f"{c.ref}~{mutation}", prompt=c.prompt, code=code,
+            explanation=_rename_in_text(c.explanation, renames), category=c.category, target="synthetic",
+            source="synthetic", interaction_id=c.interaction_id, entry_point=c.entry_point, tests=c.tests,
+            origin=c.ref, mutation=mutation))
+    return made, per_example - len(made)
+
+
+def _mutants_of_chunk(args) -> list[tuple[list[Candidate], int]]:
+    chunk, per_example, seed, mutations = args
+    return [_mutants_of(c, per_example, seed, mutations) for c in chunk]
+
+
+def synthesize(candidates: list[Candidate], *, per_example: int = 1, seed: int = 0,
+               verify: Verify | None = None, workers: int = 2,
+               mutations: tuple[str, ...] = MUTATIONS, processes: int = 1) -> tuple[list[Candidate], Counter]:
+    """Up to `per_example` mutants of each non-synthetic candidate, each by a different
+    mutation; (kept mutants, Counter of rejected ones by reason).
+
+    Mutants of an example with tests need `verify`; without one they are not made.
+    `workers` mutants are verified at once; `processes` > 1 makes mutants in that many
+    processes.
+    """
+    rejected: Counter = Counter()
+    todo = []
+    for c in candidates:
+        if per_example <= 0 or c.source == "synthetic":
+            continue
+        if c.tests and verify is None:
+            rejected["has tests but no verifier"] += 1
+            continue
+        todo.append(c)
+    if processes > 1 and len(todo) >= 200:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = max(25, len(todo) // (processes * 4))
+        jobs = [(todo[i:i + size], per_example, seed, mutations) for i in range(0, len(todo), size)]
+        with ProcessPoolExecutor(max_workers=processes) as pool:
+            results = [r for part in pool.map(_mutants_of_chunk, jobs) for r in part]
+    else:
+        results = [_mutants_of(c, per_example, seed, mutations) for c in todo]
+    made = [m for mutants, _ in results for m in mutants]
+    if missing := sum(n for _, n in results):
+        rejected["no applicable mutation"] += missing
+    checked = [m for m in made if m.tests]
+    if checked:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            verdicts = dict(zip(map(id, checked), pool.map(lambda m: bool(verify(m.code, m.tests)), checked)))
+        if failed := sum(not v for v in verdicts.values()):
+            rejected["failed its tests"] += failed
+        made = [m for m in made if not m.tests or verdicts[id(m)]]
+    return made, rejected

@@ -1,0 +1,74 @@
+"""Duplicates, evaluation-suite overlap, categories and balance."""
+
+import json
+from types import SimpleNamespace
+
+from selftrain.data.clean import Exclusions, NearDuplicateIndex, balance, categorize
+from selftrain.data.example import Candidate
+from selftrain.data.quality import analyze_code
+
+CODE = ("def running_total(values: list[int]) -> list[int]:\n    \"\"\"Prefix sums.\"\"\"\n    out = []\n"
+        "    acc = 0\n    for v in values:\n        acc += v\n        out.append(acc)\n    return out\n")
+PROMPT = "Write a Python function `running_total(values)` that returns the prefix sums of a list of integers."
+
+
+def cand(ref, prompt=PROMPT, code=CODE, origin="", category="math", source="interaction"):
+    return Candidate(ref=ref, prompt=prompt, code=code, origin=origin, category=category, source=source,
+                     fingerprint=analyze_code(code).fingerprint)
+
+
+def test_renamed_or_reformatted_copies_are_near_duplicates():
+    renamed = CODE.replace("acc", "running").replace("out", "sums").replace('"""Prefix sums."""', '"""Cumulative."""')
+    index = NearDuplicateIndex()
+    assert index.match(cand("a")) is None
+    assert index.match(cand("b", code=renamed)) == "a"
+    edited = CODE.replace("return out", "return list(out)")  # a small edit: MinHash finds it
+    assert index.match(cand("c", prompt=PROMPT + " ", code=edited)) == "a"
+
+
+def test_same_code_for_a_different_request_and_mutants_of_one_example_are_kept():
+    index = NearDuplicateIndex()
+    assert index.match(cand("a")) is None
+    assert index.match(cand("b", prompt="Cumulative sums, please: given numbers, give each running sum.")) is None
+    assert index.match(cand("a~rename", code=CODE.replace("acc", "running"), origin="a")) is None
+    assert index.match(cand("c", code="def other(x):\n    return x * 2\n")) is None
+
+
+def test_overlap_with_an_evaluation_suite():
+    problems = [SimpleNamespace(
+        prompt="Write a function `is_leap(year)` that returns True when year is a leap year in the Gregorian calendar.",
+        entry_point="is_leap", reference="def is_leap(year):\n    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n")]
+    ex = Exclusions.from_problems(problems)
+    assert ex.reason(cand("1", prompt=problems[0].prompt.upper())) == "same prompt"
+    assert ex.reason(cand("2", prompt="Please write `is_leap(y)` for me")) == "entry point 'is_leap'"
+    para = ("Could you help: returns True when year is a leap year in the Gregorian calendar, "
+            "implemented as `check_year(year)`.")
+    assert "6-grams" in ex.reason(cand("3", prompt=para))
+    copied = problems[0].reference.replace("year", "y")
+    assert ex.reason(cand("4", prompt="Write `f(y)` for me", code=copied)) == "code equals a reference solution"
+    assert ex.reason(cand("5")) is None
+
+
+def test_categorize_agrees_with_most_demo_labels():
+    from selftrain.cli import DEMO_INTERACTIONS
+
+    rows = [json.loads(line) for line in DEMO_INTERACTIONS.read_text().splitlines()]
+    agree = sum(categorize(r["prompt"], r["response"]["code"]) == r["category"] for r in rows)
+    assert agree / len(rows) >= 0.6  # 10 categories: chance is 0.1
+    assert categorize("Write `f`", "x = 1\n") == "general"
+
+
+def test_balance_down_samples_to_the_smallest_category_with_a_floor_and_a_cap():
+    pool = [cand(f"s{i}", category="strings") for i in range(30)] + \
+           [cand(f"m{i}", category="math") for i in range(12)] + \
+           [cand(f"x{i}", category="math", source="synthetic") for i in range(3)]
+    kept, dropped = balance(pool, mode="smallest", floor=0)
+    counts = {c: sum(k.category == c for k in kept) for c in ("strings", "math")}
+    assert counts == {"strings": 15, "math": 15} and len(dropped) == 15
+    kept, _ = balance(pool, mode="smallest", floor=20)
+    assert sum(k.category == "strings" for k in kept) == 20 and sum(k.category == "math" for k in kept) == 15
+    kept, _ = balance(pool, mode="none", cap=10)
+    math = [k for k in kept if k.category == "math"]
+    assert len(math) == 10 and all(k.source != "synthetic" for k in math)  # real examples go first
+    assert balance(pool, mode="none") == (pool, [])
+    assert balance(pool, mode="smallest", floor=0) == balance(list(pool), mode="smallest", floor=0)  # deterministic

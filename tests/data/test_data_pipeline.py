@@ -1,0 +1,76 @@
+"""The whole pipeline: every example is accounted for, stage by stage."""
+
+from types import SimpleNamespace
+
+from selftrain.data.clean import Exclusions
+from selftrain.data.curate import curate_interactions, read_snapshot, write_snapshot
+from selftrain.data.pipeline import CurationConfig
+from selftrain.store.records import FeedbackSummary
+
+GOOD = 'def double(x: int) -> int:\n    """Twice x."""\n    return 2 * x\n'
+
+
+def item(iid, *, code=GOOD, prompt="Write a Python function `double(x)` that returns twice x.",
+         category="math", tests=None, entry_point=None, explanation="Multiplies the number by two.", **feedback):
+    interaction = SimpleNamespace(id=iid, prompt=prompt, code=code, explanation=explanation, category=category,
+                                  entry_point=entry_point, tests=tests)
+    return interaction, FeedbackSummary(**feedback)
+
+
+def func(name, body="return x + 1", category="math"):
+    prompt = f"Write a Python function `{name}(x)` that computes the {name.replace('_', ' ')} of x."
+    code = f'def {name}(x: int) -> int:\n    """The {name.replace("_", " ")} of x."""\n    {body}\n'
+    return dict(prompt=prompt, code=code, category=category)
+
+
+def test_every_example_is_accounted_for():
+    items = [item(1, accepted=True, **func("add_one")),
+             item(2, accepted=False, **func("add_two")),                                  # rejected
+             item(3, rating=5, **func("add_one")),                                        # duplicate
+             item(4, accepted=True, **func("add_three", body="return x +")),              # syntax error
+             item(5, accepted=True, **{**func("add_four"), "code": 'password = "hunter2x9"\nprint(password)\n'}),
+             # ^ off topic (and its secret scrubbed)
+             item(6, accepted=True, **func("eval_task")),                                 # overlaps the suite
+             item(7, accepted=True, **func("add_one", body="return 1 + x")),              # near... different code
+             item(8, accepted=True, **func("upper", body="return str(x).upper()", category="strings"))]
+    cur = curate_interactions(items, exclusions=Exclusions(entry_points={"eval_task"}),
+                              config=CurationConfig(balance="none"))
+    stats = cur.stats()
+    assert stats["dropped"] == {"rejected": 1, "duplicate": 1, "syntax error": 1, "off topic": 1,
+                                "overlaps evaluation suite": 1}
+    assert stats["secrets"] == {"Secret Keyword": 1}
+    assert [e.interaction_id for e in cur.examples] == [1, 7, 8]
+    # counts chain from stage to stage, and each drop names its example and stage
+    stages = stats["stages"]
+    assert stages[0] == {**stages[0], "stage": "collect", "in": 8, "out": 7}
+    assert all(a["out"] == b["in"] for a, b in zip(stages, stages[1:]))
+    assert stages[-1]["out"] == stats["kept"] == 3
+    assert {(d["ref"], d["stage"]) for d in stats["drops"]} == {
+        ("interaction:2", "collect"), ("interaction:3", "dedupe"), ("interaction:4", "quality"),
+        ("interaction:5", "quality"), ("interaction:6", "overlap")}
+    assert all(e.quality >= 0.7 for e in cur.examples)
+
+
+def test_synthesis_balance_and_snapshot(tmp_path):
+    items = [item(i, accepted=True, **func(f"add_{w}", body=f"result = x + {i}\n    return result"))
+             for i, w in enumerate(["one", "two", "three", "four"], start=1)]
+    items += [item(10, accepted=True, **func("shout", body="text = str(x)\n    return text.upper()",
+                                             category="strings"))]
+    config = CurationConfig(synthetic_per_example=1, mutations=("rename",), balance="smallest", balance_floor=0)
+    cur = curate_interactions(items, config=config)
+    stats = cur.stats()
+    assert stats["synthetic"]["added"] == 5
+    assert stats["categories"] == {"math": 2, "strings": 2}  # down-sampled to the smallest category
+    assert stats["dropped"] == {"balance": 6}
+    assert stats["input"] + stats["synthetic"]["added"] - sum(stats["dropped"].values()) == stats["kept"]
+    synthetic = [e for e in cur.examples if e.source == "synthetic"]
+    assert synthetic and all(e.origin and e.mutation == "rename" for e in synthetic)
+    digest, path = write_snapshot(cur.examples, tmp_path)
+    assert read_snapshot(path) == cur.examples and len(digest) == 64
+
+
+def test_parallel_workers_give_the_same_result():
+    items = [item(i, accepted=True, **func(f"f{i}_add", body=f"return x + {i}")) for i in range(250)]
+    one = curate_interactions(items, config=CurationConfig(balance="none"))
+    two = curate_interactions(items, config=CurationConfig(balance="none", workers=2))
+    assert one.examples == two.examples and len(one.examples) == 250

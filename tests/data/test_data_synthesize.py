@@ -1,0 +1,159 @@
+"""AST mutations keep meaning: renaming respects scopes, and mutants of tested code must pass."""
+
+import ast
+import random
+
+import pytest
+
+from selftrain.data.example import Candidate
+from selftrain.data.synthesize import (add_comments, mutate, rename_variables, synthesize, vary_complexity,
+                                       vary_style)
+
+CODE = '''import math
+from collections import Counter
+
+LIMIT = 10
+
+
+def top_words(text: str, n: int = 3) -> list:
+    """The n most common words."""
+    words = text.lower().split()  # split on whitespace
+    counts = Counter(words)
+    result = [w for w, _ in counts.most_common(n)]
+    total = len(result)
+    try:
+        ratio = math.sqrt(total) / LIMIT
+    except ValueError as err:
+        ratio = 0
+    return sorted(result, key=len)[:max(1, total)] if ratio >= 0 else []
+'''
+
+
+class ExecVerify:
+    """A real verifier for trusted test code: runs code and tests in one namespace."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, code: str, tests: str) -> bool:
+        self.calls += 1
+        try:
+            exec(compile(code + "\n" + tests, "<mutant>", "exec"), {"__name__": "__main__"})
+        except Exception:
+            return False
+        return True
+
+
+def test_rename_touches_only_function_locals():
+    rng = random.Random(1)
+    for _ in range(10):
+        out = rename_variables(CODE, rng, protected={"top_words"})
+        assert out is not None
+        new, renames = out
+        assert set(renames) <= {"words", "counts", "result", "total", "ratio", "w", "_"}
+        tree = ast.parse(new)
+        func = tree.body[-1]
+        # parameters (keyword-callable), builtins, imports, attributes, keyword args,
+        # module names and the except-bound name keep their names
+        assert [a.arg for a in func.args.args] == ["text", "n"]
+        for kept in ("len", "sorted", "max", "math", "Counter", "LIMIT", "most_common", "key=len", "err"):
+            assert kept in new
+        assert "# split on whitespace" in new  # comments survive: edits are made in place
+        ns_old, ns_new = {}, {}
+        exec(CODE, ns_old)
+        exec(new, ns_new)
+        assert ns_old["top_words"]("b a b c c c", n=2) == ns_new["top_words"]("b a b c c c", n=2)
+
+
+def test_rename_never_touches_names_the_tests_use_or_nested_scopes_bind():
+    code = ("def outer(xs):\n    acc = []\n    total = 0\n    def add(v):\n        acc.append(v)\n"
+            "    for x in xs:\n        add(x)\n        total += x\n    return acc, total\n")
+    rng = random.Random(0)
+    for _ in range(10):
+        new, renames = rename_variables(code, rng, protected={"total"})
+        assert set(renames) <= {"x", "acc"}  # total is used by the tests, v is a parameter
+        ns = {}
+        exec(new, ns)
+        assert ns["outer"]([1, 2]) == ([1, 2], 3)  # a closure's free variable follows the rename
+    shadowing = "def f(xs):\n    y = 1\n    def g():\n        nonlocal y\n        y += 1\n    g()\n    return y\n"
+    assert rename_variables(shadowing, rng) is None
+    assert rename_variables("def f(a, b):\n    return a + b\n", rng) is None  # parameters only
+    assert rename_variables("def f():\n    x = 1\n    return locals()['x']\n", rng) is None
+
+
+def test_comments_are_added_without_changing_the_tree():
+    out = add_comments(CODE, random.Random(0))
+    assert out and out.count("#") > CODE.count("#")
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(CODE))
+
+
+def test_style_and_complexity_variations_keep_behaviour():
+    code = ('def pick(xs, flag):\n    if flag:\n        return "yes"\n    else:\n        out = []\n'
+            '        for x in xs:\n            if x > 0:\n                out.append(x * 2)\n        return out\n')
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(20):
+        for fn in (vary_style, vary_complexity):
+            new = fn(code, rng)
+            assert new is not None
+            seen.add(new)
+            ns_old, ns_new = {}, {}
+            exec(code, ns_old)
+            exec(new, ns_new)
+            for args in (([1, -2, 3], False), ([], True), ([5], False)):
+                assert ns_old["pick"](*args) == ns_new["pick"](*args)
+    assert any("[x * 2 for x in xs if x > 0]" in s for s in seen)  # loop → comprehension
+    assert any("'yes'" in s for s in seen)                           # quote style
+
+
+def test_a_comprehension_expands_into_a_loop():
+    code = "def evens(xs):\n    return {x: x * x for x in xs if x % 2 == 0}\n"
+    new = vary_complexity(code, random.Random(0))
+    assert "for x in xs:" in new and "result[x] = x * x" in new
+    ns = {}
+    exec(new, ns)
+    assert ns["evens"]([1, 2, 3, 4]) == {2: 4, 4: 16}
+
+
+def test_mutate_returns_none_when_nothing_applies():
+    assert mutate("x = 1\n", "rename", random.Random(0)) is None
+    assert mutate("def broken(:\n", "comments", random.Random(0)) is None
+
+
+def _candidate(code, tests=None, ref="interaction:1"):
+    return Candidate(ref=ref, prompt="Write `top_words(text, n)`", code=code, explanation="Uses `words`.",
+                     category="strings", target="accepted", tests=tests, entry_point="top_words")
+
+
+def test_mutants_of_tested_examples_must_pass_their_tests():
+    tests = "assert top_words('b a b c c c', n=2) == ['c', 'b']\n"
+    verify = ExecVerify()
+    mutants, rejected = synthesize([_candidate(CODE, tests)], per_example=4, verify=verify)
+    assert verify.calls == len(mutants) + rejected.get("failed its tests", 0) and mutants
+    assert {m.mutation for m in mutants} <= {"rename", "comments", "style", "complexity"}
+    for m in mutants:
+        assert m.source == "synthetic" and m.origin == "interaction:1" and m.ref.startswith("interaction:1~")
+        assert verify(m.code, tests)
+
+    def never(code, tests):
+        return False
+
+    mutants, rejected = synthesize([_candidate(CODE, tests)], per_example=2, verify=never)
+    assert mutants == [] and rejected["failed its tests"] == 2
+    # Without a verifier, examples with tests get no mutants; untested ones still do.
+    mutants, rejected = synthesize([_candidate(CODE, tests), _candidate(CODE, None, "x:2")], per_example=1)
+    assert [m.origin for m in mutants] == ["x:2"] and rejected["has tests but no verifier"] == 1
+
+
+def test_the_real_sandbox_verifies_a_mutant():
+    from selftrain.evaluation.sandbox import Sandbox, isolation_available
+
+    if not isolation_available():
+        pytest.skip("bubblewrap isolation is not available here")
+    sandbox = Sandbox(timeout_s=10, workers=1)
+    code = "def double(xs):\n    out = []\n    for x in xs:\n        out.append(2 * x)\n    return out\n"
+    tests = "assert double([1, 2]) == [2, 4]\n"
+    mutants, rejected = synthesize([Candidate(ref="i:1", prompt="Write `double(xs)`", code=code, tests=tests)],
+                                   per_example=1, mutations=("complexity",),
+                                   verify=lambda c, t: sandbox.run(c, t).passed)
+    assert [m.code for m in mutants] == ["def double(xs):\n    out = [2 * x for x in xs]\n    return out\n"]
