@@ -1,7 +1,9 @@
 """The agent in service: the active model version in memory, answering and logging.
 
 Every answer is stored as an interaction with the version that produced it, committed
-before the answer is handed back, so feedback can always find it.
+before the answer is handed back, so feedback can always find it. The CLI's `generate`
+uses `Agent`; the server (`serve/engine.py`) shares `load_active_model` and keeps its
+model in memory across requests.
 """
 
 from __future__ import annotations
@@ -24,16 +26,40 @@ class Answer:
     generation: Generation
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to generate, and the version it is (None = the base model)."""
+
+    model: object
+    tokenizer: object
+    version_id: str | None
+
+
+def active_version_ref(db: Database) -> tuple[str | None, str | None]:
+    """(id, adapter path) of the active version; (None, None) when the base model serves."""
+    with db.session() as session:
+        active = active_version(session)
+        return (active.id, active.adapter_path) if active else (None, None)
+
+
+def load_version(settings: Settings, version_id: str | None, adapter: str | None) -> LoadedModel:
+    """The base model with `adapter` merged in (none: the base model itself)."""
+    location = resolve_base_model(settings.base_model, settings.model_cache_dir,
+                                  settings.allow_model_downloads)
+    model, tokenizer = load_model(location, settings.dtype, adapter=adapter)
+    model.eval()
+    return LoadedModel(model, tokenizer, version_id)
+
+
+def load_active_model(settings: Settings, db: Database) -> LoadedModel:
+    return load_version(settings, *active_version_ref(db))
+
+
 class Agent:
     def __init__(self, settings: Settings, db: Database):
         self.settings, self.db = settings, db
-        with db.session() as session:
-            active = active_version(session)
-            self.version_id = active.id if active else None
-            adapter = active.adapter_path if active else None
-        location = resolve_base_model(settings.base_model, settings.model_cache_dir,
-                                  settings.allow_model_downloads)
-        self.model, self.tokenizer = load_model(location, settings.dtype, adapter=adapter)
+        loaded = load_active_model(settings, db)
+        self.model, self.tokenizer, self.version_id = loaded.model, loaded.tokenizer, loaded.version_id
 
     def answer(self, prompts: list[str], *, user: str = "anonymous", source: str = "cli",
                tests: list[str | None] | None = None) -> list[Answer]:

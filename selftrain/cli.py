@@ -24,12 +24,9 @@ app = typer.Typer(
          "  selftrain feedback 1 --rating 5 --accept\n\n"
          "  selftrain ingest interactions.jsonl && selftrain cycle",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Model versions: list, activate, roll back.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions: list, show, activate, rollback, compare, verify, prune.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
-# Each room's commands live beside it and are registered here.
-from selftrain.cli_data import app as data_app  # noqa: E402
-
-app.add_typer(data_app, name="data")
 
 DEMO_INTERACTIONS = Path(__file__).resolve().parent / "resources" / "demo_interactions.jsonl"
 
@@ -79,9 +76,15 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite an existin
     else:
         path.write_text(render_default_toml(), encoding="utf-8")
         typer.echo(f"Wrote {path}")
+    from selftrain.serve.keys import create_first_admin_key
+
     settings = _settings()
-    _db(settings).close()
+    db = _db(settings)
+    key = create_first_admin_key(db)
+    db.close()
     typer.echo(f"Database ready at {settings.resolved_database_url}")
+    if key:
+        typer.echo(f"Admin API key for `selftrain serve` (shown only now, keep it): {key}")
 
 
 @app.command()
@@ -202,26 +205,6 @@ def models_activate(version: str = typer.Argument(..., help="A version id such a
     typer.echo(f"Version {version} is now active.")
 
 
-@models_app.command("rollback")
-def models_rollback():
-    """Go back to the most recent successful version other than the active one."""
-    rollback()
-
-
-@app.command()
-def rollback():
-    """Go back to the most recent successful version other than the active one (or the base model).
-
-    Example: selftrain rollback
-    """
-    from selftrain.registry import rollback as do_rollback
-
-    settings = _settings()
-    with _db(settings).session() as session:
-        version = do_rollback(session)
-    typer.echo(f"Rolled back: {'version ' + version.id if version else 'the base model'} is now serving.")
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -281,6 +264,27 @@ def _print_report(report) -> None:
     else:
         table.add_row("decision", report.message)
     console.print(table)
+
+
+# Each room's commands live beside it and are registered here.
+from selftrain import cli_rl, cli_service
+from selftrain.cli_data import app as data_app
+from selftrain.cli_serve import keys_app, serve
+
+app.add_typer(data_app, name="data")
+app.add_typer(cli_service.jobs_app, name="jobs")
+app.command("serve")(serve)
+app.add_typer(keys_app, name="keys")
+train_app = typer.Typer(help="Training beyond the cycle's SFT: reinforcement learning on LoRA adapters.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+train_app.command("rl")(cli_rl.rl)
+app.command("worker")(cli_service.worker)
+app.command("loop")(cli_service.loop)
+app.command("rollback")(cli_service.rollback)
+models_app.command("rollback")(cli_service.rollback)
+for _name, _command in cli_service.models_extra.items():
+    models_app.command(_name)(_command)
 
 
 def main() -> None:

@@ -82,6 +82,32 @@ class Settings:
         0.3, "Minimum semantic-coherence factor (does the code answer the prompt?) in [0, 1], "
         "applied besides the overall quality threshold.", "curation")
 
+    # --- serve ---
+    serve_batch_size: int = _f(8, "Most requests the server generates together in one batch.", "serve")
+    serve_batch_wait_ms: float = _f(5.0, "Milliseconds the server waits to fill a batch once a request arrives.", "serve")
+    serve_queue_size: int = _f(64, "Requests that may wait for generation; more get HTTP 429.", "serve")
+    serve_max_prompt_tokens: int = _f(2048, "Longest prompt the API accepts, in tokens (longer: 422).", "serve")
+    serve_max_tokens: int = _f(1024, "Most tokens one API request may ask to generate (max_tokens).", "serve")
+    serve_torch_threads: int = _f(1, "Intra-op threads for generation; 1 is fastest on a busy machine, "
+                                  "0 = torch's default.", "serve")
+    serve_key_cache_s: float = _f(10.0, "Seconds an API key lookup is cached; a revoked key stops "
+                                  "working within this time.", "serve")
+    serve_import_max_mb: int = _f(64, "Largest JSONL body /api/admin/import accepts, MiB.", "serve")
+
+    # --- service ---
+    job_lease_seconds: float = _f(
+        60.0, "Seconds a worker holds a job without renewing; renewed every third of it. A job "
+        "whose worker died is requeued when its lease runs out.", "service")
+    worker_poll_interval: float = _f(2.0, "Seconds between a worker's looks at an empty queue.", "service")
+    job_max_attempts: int = _f(
+        3, "Times a job may be started when its process dies; a job that raises fails at once.", "service")
+    cycle_priority: int = _f(10, "Priority of the cycle jobs the loop queues (higher runs first).", "service")
+    watch_enabled: bool = _f(True, "Watch user feedback after each deployment and roll back when "
+                             "the new version is significantly worse.", "service")
+    watch_window: int = _f(50, "Answers with feedback needed from a new version before judging it.", "service")
+    watch_alpha: float = _f(0.05, "Significance level of the post-deploy watch, split over its two "
+                            "tests (acceptance and ratings).", "service")
+
     # --- LoRA (spec) ---
     lora_r: int = _f(8, "LoRA rank r: the update is B·A with B ∈ R^{d×r} (up) and A ∈ R^{r×k} (down).", "lora")
     lora_alpha: int = _f(32, "LoRA scaling α; the update is scaled by α/r.", "lora")
@@ -208,6 +234,12 @@ def validate(s: Settings) -> None:
         (0 < s.significance_level < 1, "significance_level", "a number in (0, 1)"),
         (0 < s.eval_fraction < 1, "eval_fraction", "a number in (0, 1)"),
         (s.improvement_threshold >= 0, "improvement_threshold", "a number ≥ 0"),
+        (s.serve_batch_wait_ms >= 0, "serve_batch_wait_ms", "a number ≥ 0"),
+        (s.serve_torch_threads >= 0, "serve_torch_threads", "an integer ≥ 0 (0 = torch's default)"),
+        (s.serve_key_cache_s >= 0, "serve_key_cache_s", "a number ≥ 0"),
+        (s.job_lease_seconds > 0, "job_lease_seconds", "a positive number"),
+        (s.worker_poll_interval > 0, "worker_poll_interval", "a positive number"),
+        (0 < s.watch_alpha < 1, "watch_alpha", "a number in (0, 1)"),
         (s.curation_balance in ("smallest", "none"), "curation_balance", "'smallest' or 'none'"),
         (0 <= s.curation_min_coherence <= 1, "curation_min_coherence", "a number in [0, 1]"),
         (s.curation_synthetic_per_example >= 0, "curation_synthetic_per_example", "an integer ≥ 0"),
@@ -215,7 +247,9 @@ def validate(s: Settings) -> None:
     ]
     for name in ("learning_threshold", "min_examples", "check_interval", "lora_r", "lora_alpha",
                  "epochs", "batch_size", "max_length", "eval_steps", "max_new_tokens",
-                 "generation_batch_size", "sandbox_workers", "sandbox_memory_mb"):
+                 "generation_batch_size", "sandbox_workers", "sandbox_memory_mb", "job_max_attempts",
+                 "watch_window", "serve_batch_size", "serve_queue_size", "serve_max_prompt_tokens",
+                 "serve_max_tokens", "serve_import_max_mb"):
         checks.append((getattr(s, name) > 0, name, "a positive integer"))
     checks += [
         (0 <= s.lora_dropout < 1, "lora_dropout", "a number in [0, 1)"),

@@ -1,4 +1,5 @@
-"""One continuous-learning cycle, and importing interactions into the store.
+"""The continuous-learning loop: one cycle, the daemon that schedules cycles, and
+recovery from crashes.
 
 This is the only module that wires data → training → evaluation → registry. A cycle:
 take unconsumed interactions with their feedback → curate → snapshot → LoRA SFT →
@@ -6,28 +7,52 @@ evaluate the model in service and the candidate on the same problems in the sand
 gate (improvement ≥ threshold and significant) → register the candidate (always) and
 activate it (only if it passed) → mark the interactions consumed. The last three happen
 in one transaction: a cycle that fails anywhere registers nothing and consumes nothing.
+
+Crash safety, when any process is killed at any point (SIGKILL included):
+- nothing is lost: interactions are only ever marked, never moved or deleted;
+- nothing is consumed twice: the commit marks only interactions still unconsumed and
+  aborts unless it got every one of them;
+- nothing is half-registered: the adapter folder is renamed into place under the
+  registry lock and its row commits with the consumption; a folder whose row never
+  committed is an orphan, and `recover_interrupted` deletes it, marks the dead
+  process's cycle failed and removes its scratch folder. Workers, the daemon and every
+  new cycle run that recovery first.
+
+The daemon (`run_loop`, `selftrain loop`) checks every `check_interval` seconds: it
+recovers, counts unconsumed interactions, queues a cycle job at `learning_threshold`
+(unless one is queued or running), and runs the post-deploy watch. Cycle jobs run in
+workers (`selftrain.worker`); the daemon can host one itself.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from selftrain.config import Settings
 from selftrain.data.curate import curate_interactions, normalize, write_snapshot
 from selftrain.data.ingest import read_interactions
 from selftrain.errors import SelftrainError
 from selftrain.store.db import Database
+from selftrain.store.locks import hold_lock
 from selftrain.store.records import record_feedback, summarize_feedback, unconsumed_interactions
-from selftrain.store.schema import (Cycle, DatasetSnapshot, EvaluationRun, Interaction,
+from selftrain.store.schema import (Alert, Cycle, DatasetSnapshot, EvaluationRun, Interaction, Job,
                                     TrainingMetric, utcnow)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# Called inside the commit transaction; raises to stop the commit (a worker's lease check).
+Fence = Callable[[Session], None]
+CYCLE_LOCK = "selftrain.cycles"
 
 
 @dataclass
@@ -93,15 +118,25 @@ def make_sandbox(settings: Settings):
 
 
 def run_cycle(settings: Settings, db: Database, *, progress: Progress | None = None,
-              sandbox=None) -> CycleReport:
+              sandbox=None, fence: Fence | None = None, owner: dict | None = None) -> CycleReport:
+    """Run one cycle now. `owner` says who runs it (a worker passes its job and claim
+    token) so a later recovery can tell a dead cycle from a live one; `fence` is checked
+    inside the commit transaction. Refused while another cycle is running."""
     from selftrain.evaluation.suites import load_suite
 
     progress = progress or (lambda stage, done, total: None)
     suite = load_suite(settings.eval_suite, settings.eval_limit)  # a bad suite fails before any work
     sandbox = sandbox or make_sandbox(settings)
+    recover_interrupted(settings, db)
 
     with db.session() as session:
-        cycle = Cycle(status="running")
+        hold_lock(session, CYCLE_LOCK)
+        if running := session.scalars(select(Cycle).where(Cycle.status == "running")).first():
+            who = ((running.report or {}).get("owner") or {})
+            raise SelftrainError(f"Cycle {running.id} is already running (on {who.get('host', '?')}, "
+                                 f"pid {who.get('pid', '?')}); wait for it to finish.")
+        cycle = Cycle(status="running", report={"owner": {"host": socket.gethostname(), "pid": os.getpid(),
+                                                          **(owner or {})}})
         session.add(cycle)
         session.flush()
         cycle_id = cycle.id
@@ -110,7 +145,8 @@ def run_cycle(settings: Settings, db: Database, *, progress: Progress | None = N
     interaction_ids = [i.id for i, _ in items]
     work = settings.artifacts_dir / "tmp" / f"cycle-{cycle_id}"
     try:
-        report = _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work, progress)
+        report = _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work,
+                            progress, fence)
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         message = str(exc) if isinstance(exc, SelftrainError) else f"{type(exc).__name__}: {exc}"
@@ -122,7 +158,8 @@ def run_cycle(settings: Settings, db: Database, *, progress: Progress | None = N
     return report
 
 
-def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work, progress) -> CycleReport:
+def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work, progress,
+               fence) -> CycleReport:
     from selftrain.evaluation.harness import evaluate_model
     from selftrain.evaluation.stats import gate
     from selftrain.models.base import load_model, resolve_base_model
@@ -149,9 +186,11 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
         report.message = (f"Only {len(curation.examples)} usable examples from {len(items)} new "
                           f"interactions; a cycle needs {settings.min_examples} (min_examples).")
         with db.session() as session:
+            if fence:
+                fence(session)
             session.execute(update(Cycle).where(Cycle.id == cycle_id).values(
                 status="skipped", finished_at=utcnow(), n_interactions=len(items),
-                report=asdict(report)))
+                report=json_safe(asdict(report))))
         return report
     digest, snapshot_path = write_snapshot(curation.examples, settings.artifacts_dir / "datasets")
     with db.session() as session:
@@ -168,9 +207,18 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
                                   settings.allow_model_downloads)
     config = sft.SFTConfig.from_settings(settings)
     steps: list[dict] = []
+
+    def alert(kind: str, message: str, step: int) -> None:  # kept even if the cycle fails later
+        with db.session() as session:
+            session.add(Alert(kind=kind, message=f"step {step}: {message}", run_id=f"cycle-{cycle_id}"))
+
+    # Checkpoints are keyed by what is trained (data and starting adapter): a cycle killed
+    # mid-training and run again on the same interactions resumes where it stopped.
+    checkpoints = settings.artifacts_dir / "checkpoints" / f"{digest[:16]}-{baseline_id or 'base'}"
     result = sft.run(config, curation.examples, location, work / "adapter",
                      init_adapter=baseline_adapter, on_step=steps.append,
-                     progress=lambda done, total: progress("train", done, total))
+                     progress=lambda done, total: progress("train", done, total),
+                     on_alert=alert, checkpoint_dir=checkpoints)
     report.train_loss, report.eval_loss = result.train_loss, result.eval_loss
     report.initial_eval_loss, report.train_steps = result.initial_eval_loss, result.steps
     lap("train")
@@ -199,6 +247,7 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     report.deployed = decision.deploy
 
     # 4. Commit point: register (always), activate (only if it passed), consume, close the cycle.
+    #    register() takes the registry lock first, so everything below is one writer's step.
     run_id = f"cycle-{cycle_id}"
     registered: list[str] = []
     try:
@@ -211,13 +260,16 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
                          "syntax_rate": candidate.syntax_rate, "train_loss": result.train_loss,
                          "eval_loss": result.eval_loss, "train_steps": result.steps,
                          "train_seconds": result.seconds, "train_tokens": result.tokens},
-                eval_report={"suite": suite.name, "suite_digest": suite.digest, "gate": asdict(decision),
-                             "baseline": baseline.to_json(), "candidate": candidate.to_json()},
+                eval_report=json_safe({"suite": suite.name, "suite_digest": suite.digest,
+                                       "gate": asdict(decision), "baseline": baseline.to_json(),
+                                       "candidate": candidate.to_json()}),
                 success=decision.deploy)
             registered.append(version.adapter_path)
+            if fence:
+                fence(session)
             report.version_id = version.id
             if decision.deploy:
-                activate(session, version.id)
+                activate(session, version.id, reason="cycle")
             for version_id, outcome in ((baseline_id, baseline), (version.id, candidate)):
                 session.add(EvaluationRun(model_version=version_id, suite=suite.name, cycle_id=cycle_id,
                                           n_items=len(outcome.items), metrics=outcome.metrics(),
@@ -225,17 +277,22 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
             session.add_all(TrainingMetric(run_id=run_id, step=s["step"], loss=s.get("loss"),
                                            eval_loss=s.get("eval_loss"), learning_rate=s.get("learning_rate"),
                                            tokens_per_s=s.get("tokens_per_s")) for s in steps)
+            consumed = 0
             for start in range(0, len(interaction_ids), 10_000):  # under SQLite's variable limit
-                session.execute(update(Interaction)
-                                .where(Interaction.id.in_(interaction_ids[start:start + 10_000]))
-                                .values(consumed_by_cycle=cycle_id))
+                consumed += session.execute(
+                    update(Interaction).where(Interaction.id.in_(interaction_ids[start:start + 10_000]),
+                                              Interaction.consumed_by_cycle.is_(None))
+                    .values(consumed_by_cycle=cycle_id)).rowcount
+            if consumed != len(interaction_ids):
+                raise SelftrainError(f"{len(interaction_ids) - consumed} of this cycle's interactions were "
+                                     "consumed by another cycle meanwhile; nothing was committed.")
             report.status = "committed"
             report.message = "; ".join(decision.reasons)
             lap("commit")
             report.seconds = seconds
             session.execute(update(Cycle).where(Cycle.id == cycle_id).values(
                 status="committed", finished_at=utcnow(), n_interactions=len(items),
-                dataset_snapshot_id=digest, model_version_id=version.id, report=asdict(report)))
+                dataset_snapshot_id=digest, model_version_id=version.id, report=json_safe(asdict(report))))
     except BaseException:
         # The version row rolled back with the transaction; its folder must not outlive it.
         for path in registered:
@@ -251,3 +308,139 @@ def interaction_count(db: Database) -> tuple[int, int]:
         fresh = session.scalar(select(func.count()).select_from(Interaction).where(
             Interaction.consumed_by_cycle.is_(None))) or 0
     return total, fresh
+
+
+def json_safe(value):
+    """`value` with non-finite floats replaced by None: PostgreSQL's JSON has no Infinity
+    or NaN (an effect size is infinite when every item moved the same way)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+# --- recovery ---------------------------------------------------------------------------
+
+def _owner_alive(session: Session, owner: dict) -> bool:
+    """Is the process that started a cycle still running it?"""
+    if owner.get("job") is not None:  # a worker's job: alive while it still holds the claim
+        job = session.get(Job, owner["job"])
+        return job is not None and job.status == "running" and job.worker == owner.get("token")
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        if owner["pid"] == os.getpid():
+            return True
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # Another machine's `selftrain cycle` (no job, no lease): it cannot be judged from here.
+    return bool(owner.get("host"))
+
+
+def recover_interrupted(settings: Settings, db: Database) -> dict:
+    """Clean up after processes that died mid-cycle: their cycles are marked failed, their
+    scratch folders removed, and adapter folders whose registration never committed are
+    deleted. Safe to run at any time, from any process."""
+    from selftrain.registry import remove_orphans
+
+    failed = []
+    with db.session() as session:
+        hold_lock(session, CYCLE_LOCK)
+        for cycle in session.scalars(select(Cycle).where(Cycle.status == "running")):
+            owner = (cycle.report or {}).get("owner") or {}
+            if not _owner_alive(session, owner):
+                where = f"job {owner['job']}" if owner.get("job") is not None else f"pid {owner.get('pid', '?')}"
+                cycle.status, cycle.finished_at = "failed", utcnow()
+                cycle.error = f"Interrupted: the process running it ({where}) stopped before it committed."
+                failed.append(cycle.id)
+        running = {f"cycle-{i}" for i in session.scalars(select(Cycle.id).where(Cycle.status == "running"))}
+    scratch = settings.artifacts_dir / "tmp"
+    removed = []
+    if scratch.is_dir():
+        for folder in scratch.iterdir():
+            if folder.name.startswith("cycle-") and folder.name not in running:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+    with db.session() as session:
+        orphans = remove_orphans(session, settings.artifacts_dir / "versions")
+    return {"failed_cycles": failed, "scratch_removed": removed, "orphan_versions": orphans}
+
+
+# --- the daemon -------------------------------------------------------------------------
+
+def enqueue_cycle(settings: Settings, db: Database) -> int | None:
+    """Queue a cycle job unless one is queued or running already, or a cycle is running
+    outside the queue; the id of the new job, or None."""
+    from selftrain.scheduler import QUEUE_LOCK, submit
+
+    with db.session() as session:
+        hold_lock(session, QUEUE_LOCK)  # two daemons checking at once queue one job, not two
+        busy = session.scalar(select(func.count()).select_from(Job).where(
+            Job.type == "cycle", Job.status.in_(("queued", "running")))) or 0
+        busy += session.scalar(select(func.count()).select_from(Cycle).where(Cycle.status == "running")) or 0
+        if busy:
+            return None
+        return submit(session, "cycle", {}, priority=getattr(settings, "cycle_priority", 10),
+                      max_attempts=getattr(settings, "job_max_attempts", 3)).id
+
+
+@dataclass
+class Check:
+    """What one check of the daemon saw and did."""
+
+    unconsumed: int
+    threshold: int
+    queued_job: int | None
+    recovered: dict
+    watch: str | None = None
+
+    def describe(self) -> str:
+        words = f"{self.unconsumed}/{self.threshold} new interactions"
+        if self.queued_job is not None:
+            words += f"; queued cycle job {self.queued_job}"
+        elif self.unconsumed >= self.threshold:
+            words += "; a cycle is already queued or running"
+        if any(self.recovered.values()):
+            words += f"; recovered {self.recovered}"
+        return words + (f"; watch: {self.watch}" if self.watch else "")
+
+
+def check_for_work(settings: Settings, db: Database) -> Check:
+    """One tick of the daemon: recover, count, maybe queue a cycle, watch the deployment."""
+    from selftrain.watch import watch_deployment
+
+    recovered = recover_interrupted(settings, db)
+    _, fresh = interaction_count(db)
+    job_id = enqueue_cycle(settings, db) if fresh >= settings.learning_threshold else None
+    verdict = watch_deployment(settings, db) if getattr(settings, "watch_enabled", True) else None
+    return Check(fresh, settings.learning_threshold, job_id, recovered,
+                 verdict.describe() if verdict else None)
+
+
+def run_loop(settings: Settings, db: Database, *, stop: threading.Event, interval: float | None = None,
+             worker=None, once: bool = False, log: Callable[[str], None] = print) -> None:
+    """Check every `interval` seconds (default check_interval) until `stop` is set. With a
+    `worker` (selftrain.worker.Worker) the same process also runs queued jobs."""
+    interval = settings.check_interval if interval is None else interval
+    next_check = time.monotonic()
+    while not stop.is_set():
+        if time.monotonic() >= next_check:
+            try:
+                log(check_for_work(settings, db).describe())
+            except Exception as exc:  # a database hiccup must not end the daemon; say it and go on
+                log(f"check failed: {exc if isinstance(exc, SelftrainError) else f'{type(exc).__name__}: {exc}'}")
+            # --once: a single check, then (with a worker) run what is queued until the queue is empty.
+            next_check = math.inf if once else time.monotonic() + interval
+            if once and worker is None:
+                return
+        if worker is not None:
+            worker.step()
+            if once and worker.idle():
+                return
+        stop.wait(min(max(next_check - time.monotonic(), 0.0), worker.poll_s if worker else interval))

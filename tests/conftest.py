@@ -68,3 +68,16 @@ def workspace(tmp_path, tiny_model_dir, monkeypatch) -> Path:
         "epochs = 1\nbatch_size = 4\nmax_new_tokens = 16\nmin_examples = 4\n"
         "eval_limit = 6\nsandbox_timeout_s = 5.0\n", encoding="utf-8")
     return ws
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir(tmp_path_factory) -> Path:
+    """The real built-in model, converted once per test session (integration tier only).
+
+    SELFTRAIN_TEST_MODEL may name an already converted checkpoint folder to skip the ~20 s
+    conversion."""
+    from selftrain.models.base import resolve_base_model
+
+    if os.environ.get("SELFTRAIN_TEST_MODEL"):
+        return Path(os.environ["SELFTRAIN_TEST_MODEL"])
+    return Path(resolve_base_model("smollm2-135m-instruct", tmp_path_factory.mktemp("model-cache")))

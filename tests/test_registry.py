@@ -50,12 +50,16 @@ def test_activate_and_rollback(db, tmp_path):
         assert active_version(s).id == first
 
 
-def test_rollback_from_the_only_version_returns_to_the_base_model(db, tmp_path):
+def test_rollback_from_the_only_version_returns_to_the_base_model_only_when_asked(db, tmp_path):
     only = add_version(db, tmp_path, True)
     with db.session() as s:
         activate(s, only)
+    with db.session() as s, pytest.raises(SelftrainError, match="no successful version older than v0001"):
+        rollback(s)
     with db.session() as s:
-        assert rollback(s) is None
+        assert active_version(s).id == only  # refused: nothing changed
+    with db.session() as s:
+        assert rollback(s, to_base=True) is None
         assert active_version(s) is None
     with db.session() as s, pytest.raises(SelftrainError, match="base model is already serving"):
         rollback(s)

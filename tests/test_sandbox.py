@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from selftrain.evaluation import bwrap
 from selftrain.evaluation import sandbox as sandbox_module
 from selftrain.evaluation.sandbox import (
     ExecutionResult,
@@ -104,6 +105,93 @@ def test_forged_sentinels_do_not_pass(box):
                "os._exit(0)")
     result = box.run(program, "assert False")
     assert (result.status, result.passed) == ("failed", False)
+
+
+# What the previous bootstrap leaked: its frame held `nonce` and `status_fd`, one f_back away.
+FRAME_WALK = """
+import os, sys
+frame, seen = sys._getframe(), {}
+while frame is not None:
+    seen.update(frame.f_locals)
+    seen.update(frame.f_globals)
+    frame = frame.f_back
+nonce = seen.get("nonce")
+fd = seen.get("status_fd") or seen.get("status") or int(sys.argv[1])
+if nonce:
+    os.write(fd, (nonce if isinstance(nonce, bytes) else nonce.encode()) + b"\\n")
+    os._exit(0)
+"""
+
+# Everything the garbage collector can reach, plus every frame's locals and constants: any
+# 32-hex-digit token is written to every descriptor, then the program exits before its tests.
+INTROSPECTION_SWEEP = """
+import gc, os, re, sys
+token = re.compile(rb"[0-9a-f]{32}")
+found = set()
+def collect(value):
+    if isinstance(value, str):
+        value = value.encode(errors="ignore")
+    if isinstance(value, (bytes, bytearray)):
+        found.update(t for t in token.findall(bytes(value)) if re.search(rb"[a-f]", t))  # not sre's 0/1 tables
+frame = sys._getframe()
+while frame is not None:
+    for value in [*frame.f_locals.values(), *frame.f_code.co_consts]:
+        collect(value)
+    frame = frame.f_back
+for obj in gc.get_objects():
+    for value in (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple, set)) else ()):
+        collect(value)
+for candidate in found:
+    for fd in range(3, 64):
+        try:
+            os.write(fd, candidate + b"\\n")
+        except OSError:
+            pass
+print(len(found), flush=True)
+os._exit(0)
+"""
+
+# The attack the module docstring concedes: the nonce pipe is an open descriptor of the process.
+NONCE_PIPE_READER = """
+import os
+payloads = []
+for name in os.listdir("/proc/self/fd"):
+    try:
+        payloads.append(os.read(int(name), 256))
+    except OSError:
+        pass
+for fd in range(3, 64):
+    for data in payloads:
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass
+os._exit(0)
+"""
+
+
+def test_walking_the_bootstraps_frames_finds_no_nonce(box):
+    result = box.run(FRAME_WALK, "assert False")
+    assert (result.status, result.passed) == ("failed", False)
+
+
+def test_no_nonce_anywhere_the_program_can_introspect(box):
+    result = box.run(INTROSPECTION_SWEEP, "assert False")
+    assert (result.status, result.passed) == ("failed", False)
+    assert result.stdout == "0\n"  # not one candidate token in frames, constants or gc objects
+
+
+@pytest.mark.xfail(strict=True, reason="documented limit: a program that reads its own descriptors "
+                                       "finds the nonce pipe (see the sandbox module docstring)")
+def test_reading_the_nonce_pipe_cannot_fake_a_pass(box):
+    result = box.run(NONCE_PIPE_READER, "assert False")
+    assert result.status == "failed"
+
+
+def test_solution_ran_marks_programs_that_ran_without_raising(box):
+    assert box.run("x = 1", "assert x == 2").solution_ran          # ran, then failed its tests
+    assert not box.run("x = 1 / 0", "assert True").solution_ran    # raised before the tests
+    assert not box.run("def f(:", "").solution_ran                 # never compiled
 
 
 def test_sentinel_never_appears_in_stdout(box):
@@ -261,7 +349,7 @@ def test_background_process_does_not_outlive_the_run(box):
 # --- infrastructure -------------------------------------------------------------------------
 
 def test_broken_sandbox_is_retried_then_reported(box, monkeypatch):
-    monkeypatch.setattr(sandbox_module, "_mount_args", lambda: ("--ro-bind", "/no/such/dir", "/x"))
+    monkeypatch.setattr(bwrap, "_mount_args", lambda: ("--ro-bind", "/no/such/dir", "/x"))
     attempts = []
     real_attempt = Sandbox._attempt
     monkeypatch.setattr(Sandbox, "_attempt", lambda self, *a: attempts.append(1) or real_attempt(self, *a))

@@ -5,6 +5,17 @@ from selftrain.errors import SelftrainError
 from selftrain.training.sft import SFTConfig, lr_at, run, tokenize
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread; on a busy machine it costs a lot."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def examples(n):
     return [Example(i, f"Write a Python function `f{i}(x)` that returns x plus {i}.",
                     f"def f{i}(x):\n    return x + {i}", "Adds.", "math", "accepted") for i in range(n)]
@@ -40,7 +51,8 @@ def test_training_lowers_eval_loss_and_saves_a_peft_adapter(tiny_model_dir, tmp_
     assert result.eval_loss < result.initial_eval_loss
     assert result.steps == len(steps) == 10 and result.n_train + result.n_eval == 24
     assert result.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert {"loss", "learning_rate", "tokens_per_s"} <= set(steps[0])
+    assert {"loss", "learning_rate", "tokens_per_s", "tokens", "seconds", "epoch"} <= set(steps[0])
+    assert result.summary["steps"] == 10 and result.summary["initial_loss"] == steps[0]["loss"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
     assert loaded.peft_config["default"].r == 8 and loaded.peft_config["default"].lora_alpha == 32

@@ -20,6 +20,7 @@ from selftrain.evaluation.stats import (
     mcnemar_exact,
     mean_difference_ci,
     paired_t_test,
+    proportion_ci,
     wilcoxon_signed_rank,
 )
 
@@ -436,3 +437,25 @@ def test_learning_curve_sparse_history():
     no_eval = learning_curve([{"train_loss": 0.5}, {"train_loss": 0.3}])
     assert no_eval["overfitting_indicator"] == 0.0
     assert no_eval["loss_slope"] == pytest.approx(-0.2)
+
+
+# --- proportion (Wilson) interval -------------------------------------------------------
+
+
+def test_proportion_ci_hand_computed():
+    # 5 of 10, 95%: z = 1.959964, z^2/n = 0.384146, so center = (0.5 + 0.192073) / 1.384146 = 0.5
+    # and half = 1.959964 / 1.384146 * sqrt(0.025 + 3.841459 / 400) = 1.416009 * 0.186020 = 0.263405
+    ci = proportion_ci(5, 10)
+    assert (ci.low, ci.high, ci.mean, ci.confidence) == (
+        pytest.approx(0.236593, abs=1e-6), pytest.approx(0.763407, abs=1e-6), 0.5, 0.95)
+
+
+def test_proportion_ci_matches_scipy_and_stays_in_range():
+    for k, n in [(0, 40), (11, 164), (40, 40), (1, 3)]:
+        ci = proportion_ci(k, n)
+        ref = sps.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (ci.low, ci.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+        assert 0.0 <= ci.low <= ci.mean <= ci.high <= 1.0
+    assert proportion_ci(0, 0) == Interval(0.0, 1.0, 0.0, 0.95)
+    with pytest.raises(ValueError):
+        proportion_ci(5, 4)

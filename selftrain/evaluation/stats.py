@@ -64,12 +64,13 @@ class McNemarResult:
 
 @dataclass(frozen=True)
 class Interval:
-    """A confidence interval for the mean of candidate - baseline."""
+    """A confidence interval around a point estimate: mean(candidate - baseline) for the
+    paired intervals, a proportion for :func:`proportion_ci`."""
 
     low: float
     high: float
     mean: float
-    """The point estimate, mean(candidate - baseline)."""
+    """The point estimate."""
     confidence: float
     """Nominal coverage, e.g. 0.95."""
 
@@ -313,6 +314,27 @@ def bootstrap_ci(
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return Interval(float(low), float(high), float(d.mean()), confidence)
+
+
+def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """Wilson score interval for a pass rate of `successes` out of `n` (Wilson 1927).
+
+    center = (p + z^2/2n) / (1 + z^2/n), half = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)
+    with p = successes/n and z the (1+confidence)/2 normal quantile. Unlike p +- z*se it
+    stays inside [0, 1] and does not collapse to a point at 0 or n successes, which is where
+    small models' HumanEval scores live. n = 0 gives the uninformative [0, 1].
+    """
+    _check_confidence(confidence)
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"proportion_ci needs 0 <= successes <= n, got {successes} of {n}.")
+    if n == 0:
+        return Interval(0.0, 1.0, 0.0, confidence)
+    p = successes / n
+    z = float(stats.norm.ppf((1.0 + confidence) / 2.0))
+    shrink = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / shrink
+    half = z / shrink * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return Interval(max(0.0, center - half), min(1.0, center + half), p, confidence)
 
 
 # --- the deployment gate ------------------------------------------------------------

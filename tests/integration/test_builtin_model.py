@@ -11,9 +11,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def builtin(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("model-cache")
-    return resolve_base_model("smollm2-135m-instruct", cache), cache
+def builtin(builtin_model_dir):
+    return str(builtin_model_dir), builtin_model_dir.parent
 
 
 def test_conversion_happens_once(builtin):

@@ -1,0 +1,292 @@
+"""LoRA fine-tuning speed: the spec's naive recipe against ours, on the same data, in one run,
+and each of our speed levers on its own.
+
+    python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--naive-steps N]
+                        [--threads N] [--levers] [--json bench/out/sft.json]
+
+- naive: the spec's `fine_tune_with_lora` — transformers `Trainer`, fp32 weights, every
+  example padded to 512 tokens (`padding="max_length"`), LoRA dropout 0.1, batch 2, the
+  loss on every token (DataCollatorForLanguageModeling). A few steps only.
+- ours: `selftrain.training.sft.run` with its defaults (bf16, packing with per-example
+  attention, logits at answer positions only, bf16 adapters with fp32 masters, fast
+  dropout), one epoch over the same examples.
+- with --levers: ours with one lever changed at a time, starting from the plain recipe
+  (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout).
+
+Each variant runs in its own process (its own peak memory, no warm caches shared). Reported
+per variant: real (non-padding) tokens per wall second over the timed steps (the first
+steps, which build oneDNN kernels, are excluded), tokens per CPU second (steadier on a
+shared machine), peak resident memory, and model FLOPs utilisation: the FLOPs the step
+needs (below) per second over the bf16 matmul peak measured in the same run with the same
+thread count.
+
+FLOPs a LoRA step needs, per example of L real tokens with A loss positions, for a model
+with N parameters in its decoder matmuls, width d, n layers, vocabulary V:
+  4·N·L (forward, and backward to the activations; the frozen weights get no gradient)
+  + 6·n·d·L²/2 (causal attention: QKᵀ and PV forward, twice that backward)
+  + 4·d·V·A (the vocabulary projection where the loss is taken)
+  + 6·Σ r·(d_in + d_out)·L over the adapted layers (LoRA, with its weight gradients).
+Padding positions and skipped logits are not counted: MFU measures useful work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODEL = "/tmp/demo-ws/models/smollm2-135m-instruct"
+DEFAULT_SNAPSHOT_DIR = "/tmp/demo-ws/artifacts/datasets"
+TARGET_RATIO, TARGET_MFU, TARGET_MEMORY_GB = 10.0, 0.35, 4.0
+WARMUP_STEPS = 2  # steps not timed in every variant
+
+PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False)
+LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
+    "plain (previous recipe: padding, fp32 adapters)": PLAIN,
+    "+ packing": {**PLAIN, "packing": True},
+    "+ packing + answer-only logits": {**PLAIN, "packing": True, "answer_logits_only": True},
+    "+ ... + bf16 adapters, autocast": {**PLAIN, "packing": True, "answer_logits_only": True,
+                                        "mixed_precision": "autocast"},
+    "+ ... + bf16 adapters, fp32 masters": {**PLAIN, "packing": True, "answer_logits_only": True,
+                                            "mixed_precision": "master"},
+    "+ ... + fast dropout (= ours)": {},
+    "ours without dropout": {"lora_dropout": 0.0},
+    "ours in fp32": {"dtype": "float32"},
+}
+
+
+# --- what one child process measures --------------------------------------------------------
+
+def matmul_peak(threads: int) -> dict:
+    """Best GF/s of large square bf16 and fp32 matmuls."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        best = 0.0
+        for _ in range(8):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9)
+        out[f"{name}_gflops"] = best
+    return out
+
+
+def model_shape(location: str) -> dict:
+    """N (decoder matmul parameters), d, layers, vocabulary, LoRA-adapted shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.bfloat16)
+    cfg = model.config
+    n = sum(m.weight.numel() for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".layers." in name)
+    adapted = [(m.in_features, m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    return {"N": n, "d": cfg.hidden_size, "layers": cfg.num_hidden_layers, "vocab": cfg.vocab_size,
+            "lora_dims": sum(i + o for i, o in adapted)}
+
+
+def flops_per_token(shape: dict, lengths: list[int], loss_positions: list[int], r: int = 8) -> float:
+    total_tokens = sum(lengths)
+    attention = 6 * shape["layers"] * shape["d"] * sum(L * L / 2 for L in lengths)
+    flops = (4 * shape["N"] * total_tokens + attention + 4 * shape["d"] * shape["vocab"] * sum(loss_positions)
+             + 6 * r * shape["lora_dims"] * total_tokens)
+    return flops / total_tokens
+
+
+def load_examples(snapshot: str, n: int):
+    from selftrain.data.curate import read_snapshot
+
+    path = Path(snapshot)
+    if path.is_dir():
+        path = sorted(path.glob("*.jsonl"))[0]
+    return read_snapshot(path)[:n]
+
+
+def run_ours(args, overrides: dict) -> dict:
+    from selftrain.training.sft import SFTConfig, run, tokenize
+    from selftrain.models.base import load_model
+
+    examples = load_examples(args.snapshot, args.examples)
+    config = SFTConfig(epochs=1, eval_steps=10_000, **{"num_threads": args.threads, **overrides})
+    records: list[dict] = []
+    cpu: list[float] = []
+
+    def on_step(record):
+        records.append(record)
+        cpu.append(time.process_time())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(config, examples, args.model, Path(tmp) / "adapter", on_step=on_step)
+    timed = records[WARMUP_STEPS:]
+    tokens = sum(r["tokens"] for r in timed)
+    seconds = sum(r["seconds"] for r in timed)
+    _, tokenizer = load_model(args.model)
+    rows = tokenize(examples, tokenizer, config)
+    lengths = [len(ids) for ids, _ in rows]
+    loss = [sum(1 for label in labels[1:] if label != -100) for _, labels in rows]
+    return {"tokens": tokens, "seconds": seconds, "steps": len(timed),
+            "cpu_seconds": cpu[-1] - cpu[WARMUP_STEPS - 1] if len(cpu) > WARMUP_STEPS else None,
+            "lengths": lengths, "loss_positions": loss, "final_loss": result.train_loss}
+
+
+def run_naive(args) -> dict:
+    """The spec's recipe, as written there, with the `padding=True` to 512 made explicit."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
+                              Trainer, TrainerCallback, TrainingArguments)
+
+    from selftrain.data.example import render_text
+
+    torch.set_num_threads(args.threads)
+    examples = load_examples(args.snapshot, args.examples)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.1,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    texts = [render_text(e.prompt, e.code, e.explanation) for e in examples]
+    encoded = [tokenizer(t, truncation=True, padding="max_length", max_length=512) for t in texts]
+    dataset = [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encoded]
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+    real_tokens: list[int] = []
+
+    def collate(features):
+        batch = collator(features)
+        real_tokens.append(int(batch["attention_mask"].sum()))
+        return batch
+
+    times: list[tuple[float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            times.append((time.perf_counter(), time.process_time()))
+
+        def on_step_end(self, *_, **__):
+            start, cpu = times[-1]
+            times[-1] = (time.perf_counter() - start, time.process_time() - cpu)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        training_args = TrainingArguments(
+            output_dir=tmp, max_steps=args.naive_steps + WARMUP_STEPS, per_device_train_batch_size=2,
+            warmup_steps=100, weight_decay=0.01, logging_steps=10, save_strategy="no", eval_strategy="no",
+            report_to=[], use_cpu=True, dataloader_pin_memory=False, fp16=False, bf16=False,
+            disable_tqdm=True)
+        Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collate,
+                processing_class=tokenizer, callbacks=[Clock()]).train()
+    timed = times[WARMUP_STEPS:]
+    lengths = [sum(e["attention_mask"]) for e in encoded]
+    return {"tokens": sum(real_tokens[WARMUP_STEPS:len(times)]), "seconds": sum(t for t, _ in timed),
+            "cpu_seconds": sum(c for _, c in timed), "steps": len(timed), "lengths": lengths,
+            "loss_positions": [max(0, L - 1) for L in lengths],
+            "padded_share": 1 - sum(lengths) / (512 * len(lengths))}
+
+
+def child(args) -> None:
+    began = os.getloadavg()[0]
+    if args.variant == "peak":
+        out = matmul_peak(args.threads)
+    elif args.variant == "shape":
+        out = model_shape(args.model)
+    elif args.variant == "naive":
+        out = run_naive(args)
+    else:
+        out = run_ours(args, json.loads(args.overrides))
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    out["load"] = [began, os.getloadavg()[0]]
+    Path(args.child_json).write_text(json.dumps(out))
+
+
+# --- the parent: run every variant, print the table -------------------------------------------
+
+def spawn(args, variant: str, overrides: dict | None = None) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        path = fh.name
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--child-json", path,
+           "--model", args.model, "--snapshot", args.snapshot, "--examples", str(args.examples),
+           "--naive-steps", str(args.naive_steps), "--threads", str(args.threads),
+           "--overrides", json.dumps(overrides or {})]
+    subprocess.run(cmd, check=True)
+    out = json.loads(Path(path).read_text())
+    os.unlink(path)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--snapshot", default=DEFAULT_SNAPSHOT_DIR)
+    parser.add_argument("--examples", type=int, default=42, help="examples of the snapshot used by every variant")
+    parser.add_argument("--naive-steps", type=int, default=3, help="timed steps of the naive recipe")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--levers", action="store_true", help="also measure each speed lever")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "sft.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    started = time.time()
+    load_before = os.getloadavg()
+    shape = spawn(args, "shape")
+    peaks = [spawn(args, "peak")]
+    runs = {"naive (spec: Trainer, fp32, pad to 512)": spawn(args, "naive"), "ours": spawn(args, "ours", {})}
+    if args.levers:
+        for name, overrides in LEVERS.items():
+            runs[name] = spawn(args, "ours", overrides)
+        other = 1 if args.threads > 1 else (os.cpu_count() or 1)
+        if other != args.threads:
+            runs[f"ours, {other} thread(s) instead of {args.threads}"] = spawn(args, "ours", {"num_threads": other})
+        runs["ours (again, end of run)"] = spawn(args, "ours", {})
+    peaks.append(spawn(args, "peak"))
+    peak = max(p["bf16_gflops"] for p in peaks)
+
+    naive_rate = runs["naive (spec: Trainer, fp32, pad to 512)"]["tokens"] / runs["naive (spec: Trainer, fp32, pad to 512)"]["seconds"]
+    table = []
+    for name, r in runs.items():
+        rate = r["tokens"] / r["seconds"]
+        per_token = flops_per_token(shape, r["lengths"], r["loss_positions"])
+        table.append({"variant": name, "real_tokens_per_s": rate, "ratio_vs_naive": rate / naive_rate,
+                      "tokens_per_cpu_s": r["tokens"] / r["cpu_seconds"] if r.get("cpu_seconds") else None,
+                      "mfu": rate * per_token / (peak * 1e9), "peak_rss_gb": r["peak_rss_gb"],
+                      "timed_steps": r["steps"], "gflop_per_token": per_token / 1e9, "load": r["load"]})
+    header = f"{'variant':50} {'real tok/s':>10} {'x naive':>8} {'tok/CPU-s':>10} {'MFU':>6} {'peak GB':>8} {'load':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        cpu = f"{row['tokens_per_cpu_s']:10.0f}" if row["tokens_per_cpu_s"] else f"{'-':>10}"
+        print(f"{row['variant']:50} {row['real_tokens_per_s']:10.1f} {row['ratio_vs_naive']:8.2f} {cpu} "
+              f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:8.2f} {row['load'][0]:4.1f}-{row['load'][1]:4.1f}")
+    ours = next(row for row in table if row["variant"] == "ours")
+    print(f"\nbf16 matmul peak {peak:.0f} GF/s (fp32 {max(p['fp32_gflops'] for p in peaks):.0f}), "
+          f"{args.threads} thread(s); load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+          f"{time.time() - started:.0f} s")
+    print(f"targets: ≥{TARGET_RATIO:g}× naive: {ours['ratio_vs_naive']:.2f}×; MFU ≥{100 * TARGET_MFU:.0f}%: "
+          f"{100 * ours['mfu']:.1f}%; peak memory <{TARGET_MEMORY_GB:g} GB: {ours['peak_rss_gb']:.2f} GB")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
+                               "examples": args.examples, "bf16_peak_gflops": peak, "peaks": peaks,
+                               "model": shape, "load_before": load_before, "load_after": os.getloadavg(),
+                               "rows": table}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

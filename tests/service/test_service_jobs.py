@@ -1,0 +1,83 @@
+"""What the job types do, run in-process on the tiny model: an SFT job on a stored
+snapshot registers an ungated version; an eval job stores an evaluation run."""
+
+import pytest
+from sqlalchemy import select
+
+from selftrain.config import load_settings
+from selftrain.data.curate import curate_interactions, write_snapshot
+from selftrain.errors import SelftrainError
+from selftrain.jobs import run_job
+from selftrain.loop import ingest_file
+from selftrain.scheduler import cancel, claim, submit
+from selftrain.store.db import Database
+from selftrain.store.records import summarize_feedback, unconsumed_interactions
+from selftrain.store.schema import DatasetSnapshot, EvaluationRun, ModelVersion
+
+from .conftest import write_cycle_data
+
+
+def test_sft_and_eval_jobs(workspace):
+    path = write_cycle_data(workspace)
+    settings = load_settings(workspace, env={})
+    db = Database(settings.resolved_database_url)
+    ingest_file(db, path)
+    with db.session() as s:
+        items = [(i, summarize_feedback(i.feedback)) for i in unconsumed_interactions(s)]
+        examples = curate_interactions(items).examples
+        digest, snapshot = write_snapshot(examples, settings.artifacts_dir / "datasets")
+        s.add(DatasetSnapshot(id=digest, path=str(snapshot), n_examples=len(examples), stats={}))
+        submit(s, "sft", {"snapshot": digest, "epochs": 1, "learning_rate": 1e-3})
+        submit(s, "eval", {"version": "v0001", "limit": 2})
+        submit(s, "sft", {"snapshot": "nope"})
+
+    result = run_job(settings, db, claim(db, "w", lease_s=60))
+    assert result["version"] == "v0001" and result["steps"] > 0
+    with db.session() as s:
+        version = s.get(ModelVersion, "v0001")
+        assert not version.success and version.dataset_snapshot_id == digest
+        assert version.training_config["learning_rate"] == 1e-3
+
+    result = run_job(settings, db, claim(db, "w", lease_s=60))
+    assert result["version"] == "v0001" and result["n"] == 2 and result["pass_rate"] == 0.0
+    with db.session() as s:
+        (run,) = s.scalars(select(EvaluationRun)).all()
+        assert run.model_version == "v0001" and run.n_items == 2
+
+    with pytest.raises(SelftrainError, match="There is no dataset snapshot 'nope'"):
+        run_job(settings, db, claim(db, "w", lease_s=60))
+
+
+def test_a_job_whose_claim_was_lost_commits_nothing(workspace):
+    """The fence: an SFT job cancelled while it trained registers no version."""
+    path = write_cycle_data(workspace)
+    settings = load_settings(workspace, env={})
+    db = Database(settings.resolved_database_url)
+    ingest_file(db, path)
+    with db.session() as s:
+        items = [(i, summarize_feedback(i.feedback)) for i in unconsumed_interactions(s)]
+        examples = curate_interactions(items).examples
+        digest, snapshot = write_snapshot(examples, settings.artifacts_dir / "datasets")
+        s.add(DatasetSnapshot(id=digest, path=str(snapshot), n_examples=len(examples), stats={}))
+        job_id = submit(s, "sft", {"snapshot": digest}).id
+    held = claim(db, "w", lease_s=60)
+    with db.session() as s:
+        cancel(s, job_id)
+    with pytest.raises(SelftrainError, match=f"Job {job_id} is no longer held by this worker"):
+        run_job(settings, db, held)
+    with db.session() as s:
+        assert s.scalars(select(ModelVersion)).all() == []
+    versions = settings.artifacts_dir / "versions"
+    assert not versions.exists() or not any(versions.iterdir())
+
+
+def test_a_job_type_whose_room_is_not_built_fails_with_a_sentence(light_workspace):
+    from selftrain.jobs import _room_not_built_yet
+
+    settings = load_settings(light_workspace, env={})
+    with pytest.raises(SelftrainError, match="'rl' jobs need selftrain.training.nothing_here, which this "
+                                             "installation does not have yet."):
+        _room_not_built_yet("selftrain.training.nothing_here", "rl", settings, None, {})
+    with pytest.raises(SelftrainError, match=r"'rl' jobs need selftrain.training.losses.run_job\(settings, db, "
+                                             r"payload\), which does not exist yet."):
+        _room_not_built_yet("selftrain.training.losses", "rl", settings, None, {})
