@@ -267,7 +267,8 @@ def _print_report(report) -> None:
 
 
 # Each room's commands live beside it and are registered here.
-from selftrain import cli_rl, cli_service
+from selftrain import cli_rl, cli_service, cli_train
+from selftrain.cli_eval import app as eval_app
 from selftrain.cli_data import app as data_app
 from selftrain.cli_serve import keys_app, serve
 
@@ -279,6 +280,10 @@ train_app = typer.Typer(help="Training beyond the cycle's SFT: reinforcement lea
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
 train_app.command("rl")(cli_rl.rl)
+app.add_typer(eval_app, name="eval")
+app.add_typer(cli_train.hpo_app, name="hpo")
+app.command("alerts")(cli_train.alerts)
+models_app.command("export")(cli_train.export)
 app.command("worker")(cli_service.worker)
 app.command("loop")(cli_service.loop)
 app.command("rollback")(cli_service.rollback)
