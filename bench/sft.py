@@ -48,6 +48,7 @@ DEFAULT_MODEL = "/tmp/demo-ws/models/smollm2-135m-instruct"
 DEFAULT_SNAPSHOT_DIR = "/tmp/demo-ws/artifacts/datasets"
 TARGET_RATIO, TARGET_MFU, TARGET_MEMORY_GB = 10.0, 0.35, 4.0
 WARMUP_STEPS = 2  # steps not timed in every variant
+NAIVE = "naive (spec: Trainer, fp32, pad to 512)"
 
 PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False)
 LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
@@ -212,6 +213,11 @@ def child(args) -> None:
 
 # --- the parent: run every variant, print the table -------------------------------------------
 
+def best_run(runs: list[dict]) -> dict:
+    """The fastest round: the one the machine's other load disturbed least."""
+    return max(runs, key=lambda r: r["tokens"] / r["seconds"])
+
+
 def spawn(args, variant: str, overrides: dict | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         path = fh.name
@@ -233,6 +239,7 @@ def main() -> None:
     parser.add_argument("--naive-steps", type=int, default=3, help="timed steps of the naive recipe")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--levers", action="store_true", help="also measure each speed lever")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating naive/ours rounds")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "sft.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -246,38 +253,49 @@ def main() -> None:
     load_before = os.getloadavg()
     shape = spawn(args, "shape")
     peaks = [spawn(args, "peak")]
-    runs = {"naive (spec: Trainer, fp32, pad to 512)": spawn(args, "naive"), "ours": spawn(args, "ours", {})}
+    # Naive and ours alternate for --rounds rounds, so a change in the machine's load hits
+    # both; each is reported by its fastest round.
+    rounds: dict[str, list[dict]] = {NAIVE: [], "ours": []}
+    for _ in range(args.rounds):
+        rounds[NAIVE].append(spawn(args, "naive"))
+        rounds["ours"].append(spawn(args, "ours", {}))
+    runs = {name: best_run(rs) for name, rs in rounds.items()}
     if args.levers:
         for name, overrides in LEVERS.items():
             runs[name] = spawn(args, "ours", overrides)
         other = 1 if args.threads > 1 else (os.cpu_count() or 1)
         if other != args.threads:
             runs[f"ours, {other} thread(s) instead of {args.threads}"] = spawn(args, "ours", {"num_threads": other})
-        runs["ours (again, end of run)"] = spawn(args, "ours", {})
     peaks.append(spawn(args, "peak"))
     peak = max(p["bf16_gflops"] for p in peaks)
 
-    naive_rate = runs["naive (spec: Trainer, fp32, pad to 512)"]["tokens"] / runs["naive (spec: Trainer, fp32, pad to 512)"]["seconds"]
+    naive_rate = runs[NAIVE]["tokens"] / runs[NAIVE]["seconds"]
+    naive_cpu_rate = runs[NAIVE]["tokens"] / runs[NAIVE]["cpu_seconds"]
     table = []
     for name, r in runs.items():
         rate = r["tokens"] / r["seconds"]
         per_token = flops_per_token(shape, r["lengths"], r["loss_positions"])
+        cpu_rate = r["tokens"] / r["cpu_seconds"] if r.get("cpu_seconds") else None
         table.append({"variant": name, "real_tokens_per_s": rate, "ratio_vs_naive": rate / naive_rate,
-                      "tokens_per_cpu_s": r["tokens"] / r["cpu_seconds"] if r.get("cpu_seconds") else None,
+                      "tokens_per_cpu_s": cpu_rate, "cpu_ratio_vs_naive": cpu_rate / naive_cpu_rate if cpu_rate else None,
                       "mfu": rate * per_token / (peak * 1e9), "peak_rss_gb": r["peak_rss_gb"],
-                      "timed_steps": r["steps"], "gflop_per_token": per_token / 1e9, "load": r["load"]})
-    header = f"{'variant':50} {'real tok/s':>10} {'x naive':>8} {'tok/CPU-s':>10} {'MFU':>6} {'peak GB':>8} {'load':>10}"
+                      "timed_steps": r["steps"], "gflop_per_token": per_token / 1e9, "load": r["load"],
+                      "rounds": [x["tokens"] / x["seconds"] for x in rounds.get(name, [])]})
+    header = (f"{'variant':50} {'real tok/s':>10} {'x naive':>8} {'tok/CPU-s':>10} {'x naive':>8} {'MFU':>6} "
+              f"{'peak GB':>8} {'load':>10}")
     print(header)
     print("-" * len(header))
     for row in table:
-        cpu = f"{row['tokens_per_cpu_s']:10.0f}" if row["tokens_per_cpu_s"] else f"{'-':>10}"
+        cpu = (f"{row['tokens_per_cpu_s']:10.0f} {row['cpu_ratio_vs_naive']:8.2f}" if row["tokens_per_cpu_s"]
+               else f"{'-':>10} {'-':>8}")
         print(f"{row['variant']:50} {row['real_tokens_per_s']:10.1f} {row['ratio_vs_naive']:8.2f} {cpu} "
               f"{100 * row['mfu']:5.1f}% {row['peak_rss_gb']:8.2f} {row['load'][0]:4.1f}-{row['load'][1]:4.1f}")
     ours = next(row for row in table if row["variant"] == "ours")
     print(f"\nbf16 matmul peak {peak:.0f} GF/s (fp32 {max(p['fp32_gflops'] for p in peaks):.0f}), "
           f"{args.threads} thread(s); load average {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
           f"{time.time() - started:.0f} s")
-    print(f"targets: ≥{TARGET_RATIO:g}× naive: {ours['ratio_vs_naive']:.2f}×; MFU ≥{100 * TARGET_MFU:.0f}%: "
+    print(f"targets: ≥{TARGET_RATIO:g}× naive: {ours['ratio_vs_naive']:.2f}× (per CPU second "
+          f"{ours['cpu_ratio_vs_naive']:.2f}×); MFU ≥{100 * TARGET_MFU:.0f}%: "
           f"{100 * ours['mfu']:.1f}%; peak memory <{TARGET_MEMORY_GB:g} GB: {ours['peak_rss_gb']:.2f} GB")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,12 +54,14 @@ def run(ctx: typer.Context,
     """
     from selftrain.config import load_settings
     from selftrain.evaluation.evaluate import EvalRequest, check_request, evaluate_and_report
+    from selftrain.evaluation.suites import load_suite
     from selftrain.store.db import Database
 
     request = EvalRequest(suite=suite, limit=limit, prompt_style=prompt_style, samples=samples,
                           temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                           report_format=report_format, out_dir=out)
     check_request(request)
+    loaded = load_suite(request.suite, request.limit, request.prompt_style)  # bad input fails before any work
     # `selftrain --workspace DIR eval run ...` gives the workspace to the root command
     settings = load_settings(workspace or ctx.find_root().params.get("workspace"))
     settings.workspace.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,7 @@ def run(ctx: typer.Context,
         label, version_id, adapter, base_model = _resolve_model(db, model, settings.base_model)
         with _progress() as progress:
             outcome = evaluate_and_report(settings, db, request, model_label=label, version_id=version_id,
-                                          adapter=adapter, base_model=base_model, progress=progress)
+                                          adapter=adapter, base_model=base_model, suite=loaded, progress=progress)
     finally:
         db.close()
     _print_summary(outcome, label)

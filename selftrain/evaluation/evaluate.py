@@ -69,14 +69,15 @@ def check_request(request: EvalRequest) -> None:
 
 
 def evaluate_and_report(settings: Settings, db: Database, request: EvalRequest, *, model_label: str,
-                        version_id: str | None, adapter: str | None, base_model: str,
+                        version_id: str | None, adapter: str | None, base_model: str, suite: Suite | None = None,
                         sandbox: Sandbox | None = None, progress: Progress | None = None) -> EvalOutcome:
     """Evaluate the base model `base_model` with `adapter` (None: no adapter) and report on it.
-    version_id is what the stored run is filed under (None: the base model)."""
+    version_id is what the stored run is filed under (None: the base model); `suite`, when the
+    caller has already loaded the request's suite."""
     from selftrain.models.base import load_model, resolve_base_model
 
     check_request(request)
-    suite = load_suite(request.suite, request.limit, request.prompt_style)  # a bad suite fails before loading
+    suite = suite or load_suite(request.suite, request.limit, request.prompt_style)  # fails before loading
     sandbox = sandbox or Sandbox(timeout_s=settings.sandbox_timeout_s, memory_mb=settings.sandbox_memory_mb,
                                  workers=settings.sandbox_workers,
                                  allow_unsafe_execution=settings.allow_unsafe_execution)

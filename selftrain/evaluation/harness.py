@@ -149,11 +149,11 @@ def score_answers(suite: Suite, answers: Sequence[Sequence[str]], sandbox: Sandb
     items = []
     for problem, codes in zip(suite.problems, answers):
         outcomes = [next(runs) for _ in codes]
-        items.append(_item(problem, codes[0], outcomes))
+        items.append(_item(problem, codes[0], outcomes, suite.prompt_style))
     return SuiteResult(tuple(items), suite=suite.name, prompt_style=suite.prompt_style, temperature=temperature)
 
 
-def _item(problem: Problem, code: str, outcomes: list[ExecutionResult]) -> ItemResult:
+def _item(problem: Problem, code: str, outcomes: list[ExecutionResult], prompt_style: str) -> ItemResult:
     first = outcomes[0]
     passed = problem.has_tests and first.passed
     valid = metrics.syntax_valid(code)
@@ -167,8 +167,20 @@ def _item(problem: Problem, code: str, outcomes: list[ExecutionResult]) -> ItemR
         cyclomatic_complexity=metrics.cyclomatic_complexity(code),
         maintainability_index=metrics.maintainability_index(code),
         time_complexity=estimate.time if estimate else None, space_complexity=estimate.space if estimate else None,
-        bleu=metrics.sentence_bleu(code, problem.reference) if problem.reference else None,
+        bleu=_bleu(code, problem, prompt_style),
         error="" if first.passed else _last_line(first.stderr) or first.status, duration_s=round(first.duration_s, 4))
+
+
+def _bleu(code: str, problem: Problem, prompt_style: str) -> float | None:
+    """BLEU of what the model wrote against what the reference wrote. A plain completion's code
+    starts with the prompt, which the reference shares; scoring that shared text would lift
+    every completion's BLEU, so both lose it first."""
+    if not problem.reference:
+        return None
+    prompt = problem.prompt.rstrip()
+    if prompt_style == "signature_completion" and code.startswith(prompt) and problem.reference.startswith(prompt):
+        return metrics.sentence_bleu(code[len(prompt):], problem.reference[len(prompt):])
+    return metrics.sentence_bleu(code, problem.reference)
 
 
 def _last_line(text: str) -> str:

@@ -132,3 +132,15 @@ def test_evaluate_model_refuses_greedy_samples(tiny, sandbox):
     with pytest.raises(ValueError, match="temperature"):
         evaluate_model(*tiny, load_suite("demo", limit=1), sandbox, prompt_format="chat", max_new_tokens=4,
                        batch_size=1, samples=2, temperature=0.0)
+
+
+def test_completion_bleu_leaves_out_the_shared_prompt(sandbox):
+    # A stub that answers nothing shares the whole prompt with the reference: BLEU 0.68 if the
+    # prompt counted, 0 once it does not.
+    suite = load_suite("humaneval", limit=1, prompt_style="signature_completion")
+    (problem,) = suite.problems
+    stub = problem.prompt.rstrip() + "\n    return False\n"
+    (item,) = score_answers(suite, [[stub]], sandbox).items
+    assert item.bleu == 0.0 and not item.passed
+    (item,) = score_answers(suite, [[problem.reference]], sandbox).items
+    assert item.bleu == pytest.approx(1.0) and item.passed
