@@ -2,7 +2,7 @@
 and each of our speed levers on its own.
 
     python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--naive-steps N]
-                        [--threads N] [--levers] [--json bench/out/sft.json]
+                        [--threads N] [--rounds N] [--levers] [--json bench/out/sft.json]
 
 - naive: the spec's `fine_tune_with_lora` — transformers `Trainer`, fp32 weights, every
   example padded to 512 tokens (`padding="max_length"`), LoRA dropout 0.1, batch 2, the
@@ -13,7 +13,8 @@ and each of our speed levers on its own.
 - with --levers: ours with one lever changed at a time, starting from the plain recipe
   (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout).
 
-Each variant runs in its own process (its own peak memory, no warm caches shared). Reported
+Each variant runs in its own process (its own peak memory, no warm caches shared); naive and
+ours alternate for --rounds rounds and the fastest round of each is reported. Reported
 per variant: real (non-padding) tokens per wall second over the timed steps (the first
 steps, which build oneDNN kernels, are excluded), tokens per CPU second (steadier on a
 shared machine), peak resident memory, and model FLOPs utilisation: the FLOPs the step

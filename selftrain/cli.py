@@ -292,16 +292,24 @@ for _name, _command in cli_service.models_extra.items():
     models_app.command(_name)(_command)
 
 
+try:  # Typer 0.29 vendors its own click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    _CLICK_ERRORS: tuple = (click.ClickException, _TyperClickException)
+except ImportError:
+    _CLICK_ERRORS = (click.ClickException,)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except SelftrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("Aborted.", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:  # usage errors: click's message, usage line, exit 2
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -75,3 +75,9 @@ def test_malformed_jsonl_names_file_and_line(workspace):
     bad.write_text('{"prompt": "ok"}\n{oops\n')
     proc = selftrain("ingest", str(bad), workspace=workspace, check=False)
     assert proc.returncode == 1 and f"error: {bad}, line 2: not valid JSON" in proc.stderr
+
+
+def test_usage_errors_are_clicks_message_not_a_crash(workspace):
+    proc = selftrain("feedback", "abc", workspace=workspace, check=False)
+    assert proc.returncode == 2 and "Invalid value for 'interaction_id'" in proc.stderr
+    assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr
