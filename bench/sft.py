@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--levers", action="store_true", help="also measure each speed lever")
     parser.add_argument("--rounds", type=int, default=2, help="alternating naive/ours rounds")
+    parser.add_argument("--lever-rounds", type=int, default=1, help="rounds over the lever variants")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "sft.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -262,11 +263,15 @@ def main() -> None:
         rounds["ours"].append(spawn(args, "ours", {}))
     runs = {name: best_run(rs) for name, rs in rounds.items()}
     if args.levers:
-        for name, overrides in LEVERS.items():
-            runs[name] = spawn(args, "ours", overrides)
+        levers = dict(LEVERS)
         other = 1 if args.threads > 1 else (os.cpu_count() or 1)
         if other != args.threads:
-            runs[f"ours, {other} thread(s) instead of {args.threads}"] = spawn(args, "ours", {"num_threads": other})
+            levers[f"ours, {other} thread(s) instead of {args.threads}"] = {"num_threads": other}
+        levers["ours, num_threads = 0 (timed choice)"] = {"num_threads": 0}
+        for _ in range(args.lever_rounds):  # every lever once per round, the fastest round kept
+            for name, overrides in levers.items():
+                rounds.setdefault(name, []).append(spawn(args, "ours", overrides))
+        runs.update({name: best_run(rounds[name]) for name in levers})
     peaks.append(spawn(args, "peak"))
     peak = max(p["bf16_gflops"] for p in peaks)
 

@@ -130,7 +130,8 @@ def hpo_run(trials: int = typer.Option(..., "--trials", min=1, help="Trials this
     table.add_row("time", f"{result.seconds / 60:.1f} min" + (" (budget reached)" if result.stopped_by_budget else ""))
     if saved:
         table.add_row("best eval loss", f"{result.best_eval_loss:.4f}")
-        table.add_row("best configuration", ", ".join(f"{k} = {v}" for k, v in saved["params"].items()))
+        table.add_row("best configuration", ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
+                                                      for k, v in saved["params"].items()))
         table.add_row("stored", f"tuned configuration {saved['id']}: the next cycle trains with it")
     else:
         table.add_row("best configuration", "none yet: no trial finished (try more trials or a longer budget)")

@@ -6,10 +6,11 @@ from selftrain.training.sft import SFTConfig, lr_at, run, tokenize
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def one_torch_thread(monkeypatch):
     """Tiny models gain nothing from a second thread; on a busy machine it costs a lot."""
     import torch
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what the recipe's num_threads = 0 follows
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -29,6 +29,7 @@ def export_adapter(adapter_dir: Path, base_location: str, output_dir: Path, *, m
         raise SelftrainError(f"{adapter_dir} is not a LoRA adapter folder (it has no adapter_config.json).")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users
     try:
         if merged:
             _write_merged(adapter_dir, base_location, tmp, dtype)

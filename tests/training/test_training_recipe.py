@@ -132,3 +132,13 @@ def test_fast_dropout_drops_the_configured_share():
     assert float((y == 0).float().mean()) == pytest.approx(0.1, abs=0.005)
     assert float(y.float().mean()) == pytest.approx(1.0, abs=0.01)  # inverted: expectation kept
     assert torch.equal(FastDropout(0.1).eval()(x), x)
+
+
+def test_thread_count_follows_the_setting_then_the_environment_then_a_timing(monkeypatch):
+    from selftrain.training.threads import available_cores, training_threads
+
+    assert training_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert training_threads(0) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= training_threads(0) <= available_cores()
