@@ -172,6 +172,54 @@ def demo():
     _print_report(report)
 
 
+@app.command()
+def simulate(
+        cycles: int = typer.Option(3, min=1, help="Learning cycles to run."),
+        tasks_per_cycle: int = typer.Option(0, min=0, help="Tasks users send before each cycle "
+                                            "(0 = the training stream split evenly over the cycles)."),
+        correction_share: float = typer.Option(1.0, min=0.0, max=1.0,
+                                               help="Share of failed answers the user corrects with the reference."),
+        rating_share: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of answers the user also rates."),
+        gate_share: float = typer.Option(0.5, help="Share of held-out tasks the deployment gate evaluates on; "
+                                         "the rest only measure."),
+        humaneval_limit: int = typer.Option(0, min=-1, help="HumanEval problems measured after each cycle "
+                                            "(0 = all 164, -1 = skip HumanEval)."),
+        concurrency: int = typer.Option(8, min=1, help="Simulated users asking at the same time."),
+        seed: int = typer.Option(0, help="Orders the stream, splits the held-out tasks, draws the feedback."),
+        tasks: Optional[Path] = typer.Option(None, help="Task corpus JSONL (default: the bundled Acme corpus)."),
+        out: Optional[Path] = typer.Option(None, help="Report folder (default: <workspace>/artifacts/simulation)."),
+):
+    """Simulated users send coding tasks through the API and give feedback; the real loop
+    learns from them; after each cycle the model in service is measured on held-out tasks
+    and HumanEval. Writes simulation.json, simulation.md and simulation.png.
+
+    Example: selftrain --workspace ./sim-ws simulate --cycles 3
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from selftrain.simulate import ACME_TASKS, SimulationConfig, markdown
+    from selftrain.simulate import simulate as run_simulation
+
+    settings = _settings()
+    db = _db(settings)
+    config = SimulationConfig(cycles=cycles, tasks_per_cycle=tasks_per_cycle, correction_share=correction_share,
+                              rating_share=rating_share, gate_share=gate_share, humaneval_limit=humaneval_limit,
+                              concurrency=concurrency, seed=seed, tasks_path=tasks or ACME_TASKS)
+    config.check()
+    out_dir = out or settings.artifacts_dir / "simulation"
+    stages: dict[str, int] = {}
+    with Progress(TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=_console()) as bar:
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in stages:
+                stages[stage] = bar.add_task(stage[:44], total=total)
+            bar.update(stages[stage], completed=done, total=total)
+
+        report = run_simulation(settings, db, config, out_dir, progress=progress)
+    typer.echo(markdown(report.to_json(), None))
+    typer.echo(f"Report: {out_dir / 'simulation.md'} (data: simulation.json, plot: simulation.png)")
+
+
 @models_app.command("list")
 def models_list():
     """Every model version with its metrics; * marks the active one."""

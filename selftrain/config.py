@@ -67,6 +67,10 @@ class Settings:
         "service required to deploy, e.g. 0.05 = 5% (spec).", "loop")
     significance_level: float = _f(0.05, "Alpha of the paired significance test the gate uses.", "loop")
     check_interval: int = _f(3600, "Seconds between the loop's checks for new interactions (spec).", "loop")
+    carry_over_cycles: int = _f(
+        3, "A cycle also learns again from the interactions of up to this many earlier cycles whose "
+        "candidate failed the gate since the version in service was made, so user feedback is not lost "
+        "when one cycle had too little of it (0 = never).", "loop")
 
     # --- curation ---
     curation_synthetic_per_example: int = _f(
@@ -244,6 +248,7 @@ def validate(s: Settings) -> None:
         (0 <= s.curation_min_coherence <= 1, "curation_min_coherence", "a number in [0, 1]"),
         (s.curation_synthetic_per_example >= 0, "curation_synthetic_per_example", "an integer ≥ 0"),
         (s.curation_category_cap >= 0, "curation_category_cap", "an integer ≥ 0 (0 = no cap)"),
+        (s.carry_over_cycles >= 0, "carry_over_cycles", "an integer ≥ 0 (0 = never)"),
     ]
     for name in ("learning_threshold", "min_examples", "check_interval", "lora_r", "lora_alpha",
                  "epochs", "batch_size", "max_length", "eval_steps", "max_new_tokens",

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from selftrain.config import Settings
-from selftrain.data.curate import curate_interactions, normalize, write_snapshot
+from selftrain.data.curate import curate_interactions, write_snapshot
 from selftrain.data.ingest import read_interactions
 from selftrain.errors import SelftrainError
 from selftrain.store.db import Database
@@ -75,6 +75,8 @@ class CycleReport:
     version_id: str | None = None
     seconds: dict = field(default_factory=dict)
     message: str = ""
+    carried_over: int = 0  # interactions of earlier cycles that failed the gate, learned from again
+    carried_from: list = field(default_factory=list)  # those cycles' ids
 
 
 def ingest_file(db: Database, path: Path) -> tuple[int, int]:
@@ -142,11 +144,13 @@ def run_cycle(settings: Settings, db: Database, *, progress: Progress | None = N
         cycle_id = cycle.id
         # Fix the set of interactions now: ones arriving during training wait for the next cycle.
         items = [(i, summarize_feedback(i.feedback)) for i in unconsumed_interactions(session)]
-    interaction_ids = [i.id for i, _ in items]
+        interaction_ids = [i.id for i, _ in items]  # what this cycle consumes
+        carried_cycles, carried = carried_over(session, settings.carry_over_cycles)
+        items += [(i, summarize_feedback(i.feedback)) for i in carried]
     work = settings.artifacts_dir / "tmp" / f"cycle-{cycle_id}"
     try:
         report = _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work,
-                            progress, fence)
+                            progress, fence, carried_cycles)
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         message = str(exc) if isinstance(exc, SelftrainError) else f"{type(exc).__name__}: {exc}"
@@ -158,8 +162,49 @@ def run_cycle(settings: Settings, db: Database, *, progress: Progress | None = N
     return report
 
 
+def carried_over(session: Session, most: int) -> tuple[list[int], list[Interaction]]:
+    """The interactions of the last `most` committed cycles whose candidate failed the gate
+    after the version in service was made (after the last one that passed its gate when the
+    base model serves), with the ids of those cycles, oldest first.
+
+    A candidate that missed the gate usually had too little data, not wrong data: learning
+    from those users' feedback again, together with the new interactions, keeps it from
+    being lost. They stay consumed by their own cycle; nothing is consumed twice.
+    """
+    from selftrain.registry import active_version
+    from selftrain.store.schema import ModelVersion
+
+    if most <= 0:
+        return [], []
+    active = active_version(session)
+    if active is not None:
+        since = session.scalar(select(func.max(Cycle.id)).where(Cycle.model_version_id == active.id)) or 0
+    else:
+        since = session.scalar(select(func.max(Cycle.id)).join(ModelVersion, Cycle.model_version_id == ModelVersion.id)
+                               .where(ModelVersion.success.is_(True))) or 0
+    cycle_ids = list(session.scalars(
+        select(Cycle.id).join(ModelVersion, Cycle.model_version_id == ModelVersion.id)
+        .where(Cycle.id > since, Cycle.status == "committed", ModelVersion.success.is_(False))
+        .order_by(Cycle.id.desc()).limit(most)))[::-1]
+    if not cycle_ids:
+        return [], []
+    rows = session.scalars(select(Interaction).where(Interaction.consumed_by_cycle.in_(cycle_ids))
+                           .options(selectinload(Interaction.feedback)).order_by(Interaction.id))
+    return cycle_ids, list(rows)
+
+
+def _skip(db: Database, fence: Fence | None, report: CycleReport) -> CycleReport:
+    with db.session() as session:
+        if fence:
+            fence(session)
+        session.execute(update(Cycle).where(Cycle.id == report.cycle_id).values(
+            status="skipped", finished_at=utcnow(), n_interactions=report.n_interactions,
+            report=json_safe(asdict(report))))
+    return report
+
+
 def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work, progress,
-               fence) -> CycleReport:
+               fence, carried_cycles=()) -> CycleReport:
     from selftrain.evaluation.harness import evaluate_model
     from selftrain.evaluation.stats import gate
     from selftrain.models.base import load_model, resolve_base_model
@@ -175,23 +220,29 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
         seconds[name] = round(now - clock, 2)
         clock = now
 
-    # 1. Curate, never training on a problem the gate will judge.
-    curation = curate_interactions(
-        items, exclude_prompts={normalize(p.prompt) for p in suite.problems},
-        exclude_entry_points={p.entry_point for p in suite.problems})
-    report = CycleReport(cycle_id=cycle_id, status="skipped", n_interactions=len(items),
-                         curation=curation.stats(), n_examples=len(curation.examples))
+    # 1. Curate with the workspace's curation settings, never training on a problem the
+    #    gate will judge (its prompts, function names and near-duplicates of its references).
+    from selftrain.data.clean import Exclusions
+    from selftrain.data.pipeline import CurationConfig
+
+    if not interaction_ids:  # carried-over feedback alone was learned from once already
+        return _skip(db, fence, CycleReport(cycle_id=cycle_id, status="skipped", n_interactions=0, curation={},
+                                            message="No new interactions since the last cycle."))
+    curation_config = CurationConfig.from_settings(settings)
+    verify = None
+    if curation_config.synthetic_per_example > 0:  # mutants of examples with tests must still pass them
+        verify = lambda code, tests: sandbox.run(code, tests).passed  # noqa: E731
+    curation = curate_interactions(items, exclusions=Exclusions.from_problems(suite.problems),
+                                   config=curation_config, verify=verify)
+    report = CycleReport(cycle_id=cycle_id, status="skipped", n_interactions=len(interaction_ids),
+                         curation=curation.stats(), n_examples=len(curation.examples),
+                         carried_over=len(items) - len(interaction_ids), carried_from=list(carried_cycles))
     lap("curate")
     if len(curation.examples) < settings.min_examples:
-        report.message = (f"Only {len(curation.examples)} usable examples from {len(items)} new "
-                          f"interactions; a cycle needs {settings.min_examples} (min_examples).")
-        with db.session() as session:
-            if fence:
-                fence(session)
-            session.execute(update(Cycle).where(Cycle.id == cycle_id).values(
-                status="skipped", finished_at=utcnow(), n_interactions=len(items),
-                report=json_safe(asdict(report))))
-        return report
+        report.message = (f"Only {len(curation.examples)} usable examples from {len(interaction_ids)} new "
+                          f"interactions" + (f" and {report.carried_over} carried over" if report.carried_over else "")
+                          + f"; a cycle needs {settings.min_examples} (min_examples).")
+        return _skip(db, fence, report)
     digest, snapshot_path = write_snapshot(curation.examples, settings.artifacts_dir / "datasets")
     with db.session() as session:
         if session.get(DatasetSnapshot, digest) is None:
@@ -291,7 +342,7 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
             lap("commit")
             report.seconds = seconds
             session.execute(update(Cycle).where(Cycle.id == cycle_id).values(
-                status="committed", finished_at=utcnow(), n_interactions=len(items),
+                status="committed", finished_at=utcnow(), n_interactions=len(interaction_ids),
                 dataset_snapshot_id=digest, model_version_id=version.id, report=json_safe(asdict(report))))
     except BaseException:
         # The version row rolled back with the transaction; its folder must not outlive it.

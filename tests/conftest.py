@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models gain nothing from a second thread, and on a busy machine an OpenMP barrier
+# waiting for a descheduled thread makes every op slow. Set before torch is imported;
+# training's num_threads = 0 follows it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")

@@ -14,9 +14,9 @@ from selftrain.store.db import Database
 from selftrain.store.schema import Cycle, EvaluationRun, ModelVersion, TrainingMetric
 
 
-def write_data(ws, n=8):
+def write_data(ws, n=8, first=0):
     rows = []
-    for i in range(n):
+    for i in range(first, first + n):
         rows.append({"id": f"t-{i}", "user": "alice", "category": "math",
                      "prompt": f"Write a Python function `add_{i}(x: int) -> int` that returns x + {i}.",
                      "entry_point": f"add_{i}",
@@ -24,7 +24,7 @@ def write_data(ws, n=8):
                                   "explanation": f"Adds {i}."},
                      "tests": f"assert add_{i}(1) == {1 + i}",
                      "feedback": {"accepted": i % 4 != 3, "rating": 5 if i % 4 != 3 else 1}})
-    path = ws / "interactions.jsonl"
+    path = ws / f"interactions-{first}.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     suite = ws / "suite.jsonl"
     suite.write_text("\n".join(json.dumps({
@@ -100,6 +100,38 @@ def test_a_failed_cycle_registers_nothing_and_consumes_nothing(workspace, monkey
         assert cycle.status == "failed" and "no_such_layer" in cycle.error
     assert interaction_count(db) == (8, 8)
     assert not any((settings.artifacts_dir / "tmp").glob("*"))
+
+
+def test_feedback_of_a_cycle_that_failed_the_gate_is_learned_from_again(workspace):
+    settings = load_settings(workspace, env={})
+    db = Database(settings.resolved_database_url)
+    ingest_file(db, write_data(workspace))
+    first = run_cycle(settings, db)  # the tiny model passes nothing: not deployed
+    assert not first.deployed and first.carried_over == 0
+    ingest_file(db, write_data(workspace, n=4, first=8))
+    second = run_cycle(settings, db, sandbox=ScriptedSandbox())
+    # It consumes only its own 4, but curates them together with the first cycle's 8.
+    assert second.n_interactions == 4 and second.carried_over == 8 and second.carried_from == [first.cycle_id]
+    assert second.curation["input"] == 12 and second.deployed
+    with db.session() as s:
+        from selftrain.store.schema import Interaction
+
+        consumed = [i.consumed_by_cycle for i in s.scalars(select(Interaction).order_by(Interaction.id))]
+    assert consumed == [first.cycle_id] * 8 + [second.cycle_id] * 4
+    # The version in service now holds what both taught: nothing is carried past it.
+    ingest_file(db, write_data(workspace, n=4, first=12))
+    third = run_cycle(settings, db)
+    assert third.carried_over == 0 and third.curation["input"] == 4
+
+
+def test_carry_over_can_be_turned_off(workspace):
+    settings = load_settings(workspace, env={"SELFTRAIN_CARRY_OVER_CYCLES": "0"})
+    db = Database(settings.resolved_database_url)
+    ingest_file(db, write_data(workspace))
+    run_cycle(settings, db)
+    ingest_file(db, write_data(workspace, n=4, first=8))
+    second = run_cycle(settings, db)
+    assert second.carried_over == 0 and second.curation["input"] == 4
 
 
 def test_too_few_examples_skips_without_consuming(workspace):
