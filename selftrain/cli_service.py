@@ -187,7 +187,7 @@ def loop(once: bool = typer.Option(False, "--once", help="Check once (and run wh
     Example: selftrain loop                 # daemon with a built-in worker
              selftrain loop --no-worker     # only schedules; `selftrain worker`s run the cycles
     """
-    from selftrain.loop import run_loop
+    from selftrain.daemon import run_loop
     from selftrain.worker import Worker
 
     settings = _settings()

@@ -9,7 +9,8 @@ import time
 from sqlalchemy import func, select
 
 from selftrain.config import load_settings
-from selftrain.loop import check_for_work, enqueue_cycle, ingest_file, interaction_count, recover_interrupted
+from selftrain.daemon import check_for_work, enqueue_cycle
+from selftrain.loop import ingest_file, interaction_count, recover_interrupted
 from selftrain.scheduler import claim, submit
 from selftrain.store.db import Database
 from selftrain.store.records import record_interaction
@@ -146,7 +147,7 @@ def test_sigkill_of_a_worker_mid_cycle_loses_nothing_and_consumes_nothing_twice(
 def test_the_daemon_with_a_built_in_worker_runs_what_it_queued(light_workspace):
     import threading
 
-    from selftrain.loop import run_loop
+    from selftrain.daemon import run_loop
     from selftrain.worker import Worker
 
     settings, db = setup(light_workspace)
