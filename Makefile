@@ -13,6 +13,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@command -v bwrap >/dev/null || { echo "installing bubblewrap (the sandbox for generated code)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }
+	@test -x /usr/bin/chromium || { echo "installing chromium (the dashboard's browser tests drive it headless)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

@@ -33,6 +33,7 @@ ask, read and rate their own interactions; admin keys may do everything. Errors 
 
 
 def create_app(settings: Settings, db: Database, engine=None) -> FastAPI:
+    from selftrain import dashboard
     from selftrain.serve import admin_api, native_api, openai_api
 
     owns_engine = engine is None
@@ -66,6 +67,7 @@ def create_app(settings: Settings, db: Database, engine=None) -> FastAPI:
     app.include_router(openai_api.router)
     app.include_router(native_api.router)
     app.include_router(admin_api.router)
+    app.include_router(dashboard.router)  # the web dashboard at /
 
     def openapi() -> dict:
         # Streamed chunks are documented by reference from the SSE responses; FastAPI
