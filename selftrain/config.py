@@ -53,8 +53,9 @@ class Settings:
         "chat", "How requests are shown to the model, in training and in generation: "
         "'chat' (the model's chat template) or 'instruction' (the spec's "
         "### Instruction / ### Code / ### Explanation layout).", "model")
-    dtype: str = _f("bfloat16", "Weights dtype for training and generation: bfloat16 "
-                    "(fast on AMX CPUs and GPUs) or float32.", "model")
+    dtype: str = _f("auto", "Weights dtype for training and generation: auto (bfloat16 where the "
+                    "hardware computes it natively — AMX/AVX512-BF16 CPUs, recent GPUs — else float32), "
+                    "bfloat16 or float32.", "model")
     max_new_tokens: int = _f(256, "Most tokens generated per answer.", "model")
     generation_batch_size: int = _f(8, "Prompts generated together in one batch.", "model")
 
@@ -233,7 +234,7 @@ def validate(s: Settings) -> None:
     """Reject values that would only fail later, deep inside a training run."""
     checks = [
         (s.prompt_format in ("chat", "instruction"), "prompt_format", "'chat' or 'instruction'"),
-        (s.dtype in ("bfloat16", "float32"), "dtype", "'bfloat16' or 'float32'"),
+        (s.dtype in ("auto", "bfloat16", "float32"), "dtype", "'auto', 'bfloat16' or 'float32'"),
         (0 <= s.quality_threshold <= 1, "quality_threshold", "a number in [0, 1]"),
         (0 < s.significance_level < 1, "significance_level", "a number in (0, 1)"),
         (0 < s.eval_fraction < 1, "eval_fraction", "a number in (0, 1)"),

@@ -200,15 +200,18 @@ def evaluate_model(model, tokenizer, suite: Suite, sandbox: Sandbox, *, prompt_f
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise ValueError("samples must be 1, or more than 1 with a temperature above 0.")
     prompts = [build_prompt(tokenizer, p, suite.prompt_style, prompt_format) for p in suite.problems]
+    # Only the code is scored: greedy rows end once the code block is written (same code, fewer tokens).
     texts = _generate(model, tokenizer, prompts, samples=samples, temperature=temperature, seed=seed,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                      code_only=suite.prompt_style != "signature_completion")
     answers = [[answer_code(t, p, suite.prompt_style) for t in sample_texts]
                for p, sample_texts in zip(suite.problems, texts)]
     return score_answers(suite, answers, sandbox, temperature=temperature, progress=progress)
 
 
 def _generate(model, tokenizer, prompts: list[str], *, samples: int, temperature: float, seed: int,
-              max_new_tokens: int, batch_size: int, progress: Progress | None) -> list[list[str]]:
+              max_new_tokens: int, batch_size: int, progress: Progress | None,
+              code_only: bool = False) -> list[list[str]]:
     """Generated text per prompt: one greedy answer, or `samples` sampled ones."""
     from selftrain.models.generate import generate
 
@@ -218,7 +221,7 @@ def _generate(model, tokenizer, prompts: list[str], *, samples: int, temperature
         part = prompts[start:start + chunk]
         if samples == 1 and temperature <= 0:
             texts += [[g.text] for g in generate(model, tokenizer, part, max_new_tokens=max_new_tokens,
-                                                 batch_size=batch_size)]
+                                                 batch_size=batch_size, code_only=code_only)]
         else:
             texts += _sample(model, tokenizer, part, samples=samples, temperature=temperature,
                              seed=seed + start, max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -50,6 +50,17 @@ def split_answer(text: str) -> tuple[str, str]:
     return head.strip("\n"), tail.strip()
 
 
+_CLOSED_FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def has_closed_code_block(text: str) -> bool:
+    """Whether `text` holds a closed fenced block that split_answer would pick as the code:
+    generation may stop there without changing the code it extracts."""
+    return any(m.group(1).lower() in ("", "python", "py", "python3")
+               and re.search(r"^\s*(def|class|import|from)\b", m.group(2), re.M)
+               for m in _CLOSED_FENCE.finditer(text))
+
+
 def is_valid_python(code: str) -> bool:
     try:
         ast.parse(code)

@@ -34,7 +34,7 @@ class DPOConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=list)
     prompt_format: str = "chat"
-    dtype: str = "bfloat16"  # weights as loaded; the trainer itself runs without autocast
+    dtype: str = "auto"  # weights as loaded; the trainer itself runs without autocast
 
 
 @dataclass

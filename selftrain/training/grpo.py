@@ -32,7 +32,7 @@ class GRPOConfig:
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(default_factory=list)
     prompt_format: str = "chat"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has it (models/base.resolve_dtype)
 
 
 @dataclass

@@ -64,7 +64,7 @@ class PPOConfig:
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(default_factory=list)
     prompt_format: str = "chat"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has it (models/base.resolve_dtype)
     num_threads: int = 0  # torch intra-op threads during run(); 0 = torch's default (one per core).
     # On a machine shared with other jobs, 1 can be ~10x faster than oversubscribed threads.
 

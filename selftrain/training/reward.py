@@ -154,7 +154,7 @@ class RewardModelConfig:
     lora_r: int = 8
     lora_alpha: int = 32
     prompt_format: str = "chat"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has it (models/base.resolve_dtype)
 
 
 @dataclass

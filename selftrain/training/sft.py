@@ -28,7 +28,7 @@ from typing import Callable
 
 from selftrain.data.curate import Example
 from selftrain.errors import SelftrainError
-from selftrain.models.base import load_model, lora_target_modules
+from selftrain.models.base import load_model, lora_target_modules, resolve_dtype
 from selftrain.models.prompting import render_answer, render_prompt
 
 MIXED_PRECISION = ("master", "fp32-adapters", "autocast")
@@ -55,7 +55,7 @@ class SFTConfig:
     lora_dropout: float = 0.1
     lora_target_modules: list[str] = field(default_factory=list)
     prompt_format: str = "chat"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware has it (models/base.resolve_dtype)
     max_grad_norm: float = 1.0
     report_to: str = "none"  # none | tensorboard | mlflow
     num_threads: int = 0  # torch intra-op threads; 0 = OMP_NUM_THREADS, else the fastest count timed at the start
@@ -260,7 +260,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         use_fast_dropout(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
-    bf16 = config.dtype == "bfloat16"
+    bf16 = resolve_dtype(config.dtype) == "bfloat16"
     masters = MasterWeights(params, torch.bfloat16 if bf16 and config.mixed_precision == "master"
                             else torch.float32)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and config.mixed_precision == "autocast"
