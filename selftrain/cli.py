@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -208,11 +209,15 @@ def simulate(
     config.check()
     out_dir = out or settings.artifacts_dir / "simulation"
     stages: dict[str, int] = {}
+    console = _console()
+    started = time.monotonic()
     with Progress(TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=_console()) as bar:
+                  TimeElapsedColumn(), console=console) as bar:
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in stages:
                 stages[stage] = bar.add_task(stage[:44], total=total)
+            elif not console.is_terminal and done >= total:  # a log file gets one line per finished stage
+                print(f"[{(time.monotonic() - started) / 60:5.1f} min] {stage}: {done}/{total}", flush=True)
             bar.update(stages[stage], completed=done, total=total)
 
         report = run_simulation(settings, db, config, out_dir, progress=progress)

@@ -149,12 +149,10 @@ def _starting_point(db, settings, start: str) -> tuple[str, str | None]:
 
 
 def _pairs(db) -> list[tuple[str, str, str]]:
-    from sqlalchemy import select
-
-    from selftrain.store.schema import PreferencePair
+    from selftrain.store.records import preference_pairs
 
     with db.session() as session:
-        return [(p.prompt, p.chosen, p.rejected) for p in session.scalars(select(PreferencePair))]
+        return preference_pairs(session)
 
 
 def _tasks(db, path: Optional[Path]) -> list[dict]:
@@ -172,18 +170,13 @@ def _tasks(db, path: Optional[Path]) -> list[dict]:
                     raise SelftrainError(f"Line {n} of {path} needs a non-empty 'prompt'.")
                 rows.append({"prompt": row["prompt"], "tests": row.get("tests") or ""})
         return rows
-    from sqlalchemy import select
+    from selftrain.store.records import recent_tasks
 
-    from selftrain.store.schema import Interaction
-
-    seen: dict[str, dict] = {}
     with db.session() as session:
-        for i in session.scalars(select(Interaction).order_by(Interaction.id.desc()).limit(2000)):
-            if i.prompt.strip() and i.prompt not in seen:
-                seen[i.prompt] = {"prompt": i.prompt, "tests": i.tests or ""}
-    if not seen:
+        rows = recent_tasks(session)
+    if not rows:
         raise SelftrainError("There are no stored interactions to draw prompts from; pass --tasks FILE.")
-    return list(seen.values())
+    return rows
 
 
 def _reward(kind, weights, model_dir, db, settings, location, stamp, console):

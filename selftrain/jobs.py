@@ -10,8 +10,6 @@ lease expired) never commits.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import os
 import time
 from dataclasses import asdict
@@ -41,27 +39,16 @@ def run_job(settings: Settings, db: Database, claim: Claim) -> dict:
         case "sft":
             return train_on_snapshot(settings, db, payload, fence=fence)
         case "rl":
-            method = payload.get("method", "ppo")
-            return _room_not_built_yet(f"selftrain.training.{method}", "rl", settings, db, payload)
+            return train_rl(settings, db, payload, fence=fence)
         case "hpo":
-            return _room_not_built_yet("selftrain.training.hpo", "hpo", settings, db, payload)
+            from selftrain.training import hpo
+
+            return hpo.run_job(settings, db, payload)
         case "sleep":
             return sleep_job(settings, claim)
         case _:
             raise SelftrainError(f"This worker does not know how to run {claim.type!r} jobs; "
                                  "upgrade it to the version that submitted them.")
-
-
-def _room_not_built_yet(module: str, job_type: str, settings, db, payload) -> dict:
-    """RL and HPO jobs run `run_job(settings, db, payload) -> dict` of their recipe module
-    once it exists; until then they fail with a sentence saying so."""
-    if importlib.util.find_spec(module) is None:
-        raise SelftrainError(f"{job_type!r} jobs need {module}, which this installation does not have yet.")
-    run = getattr(importlib.import_module(module), "run_job", None)
-    if run is None:
-        raise SelftrainError(f"{job_type!r} jobs need {module}.run_job(settings, db, payload), "
-                             "which does not exist yet.")
-    return run(settings, db, payload)
 
 
 def evaluate_version(settings: Settings, db: Database, version: str | None = "active", *,
@@ -155,6 +142,72 @@ def train_on_snapshot(settings: Settings, db: Database, payload: dict, *, fence=
         shutil.rmtree(work, ignore_errors=True)
     return {"version": version_id, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
             "steps": result.steps}
+
+
+def train_rl(settings: Settings, db: Database, payload: dict, *, fence=None) -> dict:
+    """PPO (execution reward on the stored prompts and their tests) or DPO (on the stored
+    preference pairs), continuing the adapter in service; the candidate then goes through
+    the same gate as a cycle's (gating.py): registered always, activated only if it is
+    better by the margin and significantly so."""
+    import shutil
+
+    from selftrain.agent import active_version_ref
+    from selftrain.evaluation.suites import load_suite
+    from selftrain.gating import judge, record_candidate
+    from selftrain.loop import make_sandbox
+    from selftrain.models.base import resolve_base_model
+    from selftrain.store.records import preference_pairs, recent_tasks
+
+    method = payload.get("method", "ppo")
+    with db.session() as session:  # the data first: a job without any fails in a moment
+        pairs = preference_pairs(session) if method == "dpo" else []
+        tasks = recent_tasks(session) if method != "dpo" else []
+    if method == "dpo" and len(pairs) < 8:
+        raise SelftrainError(f"DPO needs at least 8 preference pairs with different answers; there are {len(pairs)}.")
+    if method != "dpo" and not tasks:
+        raise SelftrainError("An RL job needs stored interactions to draw prompts from; there are none.")
+    suite = load_suite(settings.eval_suite, settings.eval_limit)  # a bad suite fails before training
+    sandbox = make_sandbox(settings)
+    baseline_id, baseline_adapter = active_version_ref(db)
+    location = resolve_base_model(settings.base_model, settings.model_cache_dir, settings.allow_model_downloads)
+    common = dict(lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, prompt_format=settings.prompt_format,
+                  dtype=settings.dtype, seed=settings.seed)
+    work = settings.artifacts_dir / "tmp" / f"rl-{os.getpid()}-{int(time.time())}"
+    registered: list[str] = []
+    try:
+        if method == "dpo":
+            from selftrain.training import dpo
+
+            config = dpo.DPOConfig(batch_size=payload.get("batch_size", 2), **common)
+            result = dpo.run(config, pairs, location, work / "adapter", init_adapter=baseline_adapter)
+            metrics = {"train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                       "preference_accuracy": result.eval_accuracy, "train_seconds": result.seconds}
+        else:
+            from selftrain.training import ppo, reward
+
+            config = ppo.PPOConfig(iterations=payload.get("iterations", 20), batch_size=payload.get("batch_size", 8),
+                                   max_new_tokens=payload.get("max_new_tokens", settings.max_new_tokens), **common)
+            result = ppo.run(config, tasks, lambda prompts, completions, **kw: reward.execution_reward(
+                prompts, completions, sandbox=sandbox, **kw), location, work / "adapter", init_adapter=baseline_adapter)
+            metrics = {"iterations": result.iterations, "stopped_early": result.stopped_early,
+                       "train_seconds": result.seconds, "reward": result.history[-1]["reward"] if result.history else None}
+        verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(result.adapter_dir))
+        with db.session() as session:
+            version = record_candidate(session, settings, suite, result.adapter_dir, verdict, baseline_id=baseline_id,
+                                       training_config={"method": method, **dataclasses.asdict(config)},
+                                       metrics={**metrics, "history": result.history}, reason="rl",
+                                       registered=registered, fence=fence)
+            version_id = version.id
+    except BaseException:
+        for path in registered:  # the version row rolled back with the transaction
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    decision = verdict.decision
+    return {"version": version_id, "method": method, "deployed": decision.deploy,
+            "baseline_pass_rate": verdict.baseline.pass_rate, "candidate_pass_rate": verdict.candidate.pass_rate,
+            "p_value": decision.p_value, "reasons": list(decision.reasons)}
 
 
 def _alert(db: Database, kind: str, message: str, step: int) -> None:

@@ -42,7 +42,7 @@ from selftrain.errors import SelftrainError
 from selftrain.store.db import Database
 from selftrain.store.locks import hold_lock
 from selftrain.store.records import record_feedback, summarize_feedback, unconsumed_interactions
-from selftrain.store.schema import (Alert, Cycle, DatasetSnapshot, EvaluationRun, Interaction, Job,
+from selftrain.store.schema import (Alert, Cycle, DatasetSnapshot, Interaction, Job,
                                     TrainingMetric, utcnow)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -201,10 +201,9 @@ def _skip(db: Database, fence: Fence | None, report: CycleReport) -> CycleReport
 
 def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, work, progress,
                fence, carried_cycles=()) -> CycleReport:
-    from selftrain.evaluation.harness import evaluate_model
-    from selftrain.evaluation.stats import gate
-    from selftrain.models.base import load_model, resolve_base_model
-    from selftrain.registry import activate, active_version, register
+    from selftrain.gating import judge, record_candidate
+    from selftrain.models.base import resolve_base_model
+    from selftrain.registry import active_version
     from selftrain.training import sft
 
     seconds: dict[str, float] = {}
@@ -270,24 +269,10 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     report.initial_eval_loss, report.train_steps = result.initial_eval_loss, result.steps
     lap("train")
 
-    # 3. Evaluate the model in service and the candidate on the same problems.
-    def evaluate(adapter, stage):
-        progress(stage, 0, len(suite.problems))
-        model, tokenizer = load_model(location, settings.dtype, adapter=adapter)
-        outcome = evaluate_model(model, tokenizer, suite, sandbox, prompt_format=settings.prompt_format,
-                                 max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.generation_batch_size)
-        progress(stage, len(suite.problems), len(suite.problems))
-        return outcome
-
-    baseline = evaluate(baseline_adapter, "evaluate baseline")
-    candidate = evaluate(str(result.adapter_dir), "evaluate candidate")
+    # 3. Evaluate the model in service and the candidate on the same problems; gate.
+    verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(result.adapter_dir), progress)
+    baseline, candidate, decision = verdict.baseline, verdict.candidate, verdict.decision
     lap("evaluate")
-    base_pass = [i.passed for i in baseline.items]
-    cand_pass = [i.passed for i in candidate.items]
-    decision = gate([float(p) for p in base_pass], [float(p) for p in cand_pass],
-                    min_improvement=settings.improvement_threshold, alpha=settings.significance_level,
-                    baseline_pass=base_pass, candidate_pass=cand_pass)
     report.baseline_version = baseline_id
     report.baseline_pass_rate, report.candidate_pass_rate = baseline.pass_rate, candidate.pass_rate
     report.gate = {**asdict(decision), "confidence": 1 - settings.significance_level}
@@ -299,28 +284,13 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     registered: list[str] = []
     try:
         with db.session() as session:
-            version = register(
-                session, result.adapter_dir, settings.artifacts_dir / "versions",
-                base_model=settings.base_model, parent_id=baseline_id, dataset_snapshot_id=digest,
+            version = record_candidate(
+                session, settings, suite, result.adapter_dir, verdict, baseline_id=baseline_id,
                 training_config={**asdict(config), "target_modules": result.target_modules},
-                metrics={"pass_rate": candidate.pass_rate, "baseline_pass_rate": baseline.pass_rate,
-                         "syntax_rate": candidate.syntax_rate, "train_loss": result.train_loss,
-                         "eval_loss": result.eval_loss, "train_steps": result.steps,
+                metrics={"train_loss": result.train_loss, "eval_loss": result.eval_loss, "train_steps": result.steps,
                          "train_seconds": result.seconds, "train_tokens": result.tokens},
-                eval_report=json_safe({"suite": suite.name, "suite_digest": suite.digest,
-                                       "gate": asdict(decision), "baseline": baseline.to_json(),
-                                       "candidate": candidate.to_json()}),
-                success=decision.deploy)
-            registered.append(version.adapter_path)
-            if fence:
-                fence(session)
+                reason="cycle", registered=registered, dataset_snapshot_id=digest, cycle_id=cycle_id, fence=fence)
             report.version_id = version.id
-            if decision.deploy:
-                activate(session, version.id, reason="cycle")
-            for version_id, outcome in ((baseline_id, baseline), (version.id, candidate)):
-                session.add(EvaluationRun(model_version=version_id, suite=suite.name, cycle_id=cycle_id,
-                                          n_items=len(outcome.items), metrics=outcome.metrics(),
-                                          items=outcome.to_json()))
             session.add_all(TrainingMetric(run_id=run_id, step=s["step"], loss=s.get("loss"),
                                            eval_loss=s.get("eval_loss"), learning_rate=s.get("learning_rate"),
                                            tokens_per_s=s.get("tokens_per_s")) for s in steps)

@@ -158,7 +158,7 @@ def _deploy(session: Session, version: ModelVersion | None, reason: str) -> None
     # A deployment still being watched is judged no further once something replaces it.
     session.execute(update(Deployment).where(Deployment.watch_status == "watching")
                     .values(watch_status="superseded", decided_at=utcnow()))
-    watched = version is not None and reason in ("cycle", "manual")
+    watched = version is not None and reason in ("cycle", "rl", "manual")
     session.add(Deployment(version_id=version.id if version else None, previous_version_id=previous_id,
                            reason=reason, watch_status="watching" if watched else None))
     session.flush()
@@ -166,8 +166,9 @@ def _deploy(session: Session, version: ModelVersion | None, reason: str) -> None
 
 def activate(session: Session, version_id: str, *, require_success: bool = True,
              reason: str = "manual") -> ModelVersion:
-    """Make `version_id` the one the agent serves with. `reason`: cycle | manual | rollback
-    | auto_rollback; activations by a cycle or a person are watched after deployment."""
+    """Make `version_id` the one the agent serves with. `reason`: cycle | rl | manual |
+    rollback | auto_rollback; activations by a cycle, an RL job or a person are watched
+    after deployment."""
     version = get_version(session, version_id)
     if require_success and not version.success:
         raise SelftrainError(f"Version {version_id} did not pass its evaluation gate and cannot be activated.")

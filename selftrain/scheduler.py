@@ -73,7 +73,9 @@ PAYLOADS: dict[str, dict[str, tuple]] = {
     # LoRA SFT on a stored dataset snapshot; registers an (ungated) version.
     "sft": {"snapshot": _text("a dataset snapshot id"), "epochs": _int(1), "batch_size": _int(1),
             "learning_rate": _number(0.0), "lora_r": _int(1), "seed": _int(0)},
-    "rl": {"method": _choice("ppo", "dpo")},
+    # PPO (execution reward) or DPO from the active adapter, then the cycle's gate.
+    "rl": {"method": _choice("ppo", "dpo"), "iterations": _int(1), "batch_size": _int(1),
+           "max_new_tokens": _int(1)},
     # Optuna search on a snapshot (training/hpo.py); budget 0 = none.
     "hpo": {"trials": _int(1), "budget_minutes": _number(0.0, 10_000.0), "sampler": _choice("tpe", "grid"),
             "snapshot": _text("a dataset snapshot id or 'latest'"), "study": _text("a study name")},

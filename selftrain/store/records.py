@@ -75,3 +75,18 @@ def unconsumed_interactions(session: Session, up_to_id: int | None = None) -> li
 def count_unconsumed(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Interaction)
                           .where(Interaction.consumed_by_cycle.is_(None))) or 0
+
+
+def preference_pairs(session: Session) -> list[tuple[str, str, str]]:
+    """Every stored (prompt, chosen, rejected) pair: explicit ones and those feedback made."""
+    return [(p.prompt, p.chosen, p.rejected) for p in session.scalars(select(PreferencePair).order_by(PreferencePair.id))]
+
+
+def recent_tasks(session: Session, most: int = 2000) -> list[dict]:
+    """{prompt, tests} of the distinct prompts among the latest `most` interactions, newest
+    first: what RL samples answers to (tests, where stored, feed the execution reward)."""
+    seen: dict[str, dict] = {}
+    for i in session.scalars(select(Interaction).order_by(Interaction.id.desc()).limit(most)):
+        if i.prompt.strip() and i.prompt not in seen:
+            seen[i.prompt] = {"prompt": i.prompt, "tests": i.tests or ""}
+    return list(seen.values())

@@ -71,13 +71,38 @@ def test_a_job_whose_claim_was_lost_commits_nothing(workspace):
     assert not versions.exists() or not any(versions.iterdir())
 
 
-def test_a_job_type_whose_room_is_not_built_fails_with_a_sentence(light_workspace):
-    from selftrain.jobs import _room_not_built_yet
+def test_rl_job_trains_ppo_then_goes_through_the_gate(workspace):
+    """PPO from the adapter in service on the stored prompts, judged like a cycle's candidate:
+    registered with both evaluations and its per-iteration history, not activated (the tiny
+    model passes nothing)."""
+    path = write_cycle_data(workspace)
+    settings = load_settings(workspace, env={})
+    db = Database(settings.resolved_database_url)
+    ingest_file(db, path)
+    with db.session() as s:
+        submit(s, "rl", {"method": "ppo", "iterations": 1, "batch_size": 2, "max_new_tokens": 8})
+    result = run_job(settings, db, claim(db, "w", lease_s=60))
+    assert result["method"] == "ppo" and result["deployed"] is False
+    assert result["baseline_pass_rate"] == 0.0 and result["candidate_pass_rate"] == 0.0
+    with db.session() as s:
+        version = s.get(ModelVersion, result["version"])
+        assert not version.success and not version.is_active
+        assert version.training_config["method"] == "ppo" and version.training_config["iterations"] == 1
+        assert len(version.metrics["history"]) == 1 and "kl" in version.metrics["history"][0]
+        assert version.eval_report["gate"]["deploy"] is False
+        assert sorted(r.model_version or "base" for r in s.scalars(select(EvaluationRun))) == ["base", version.id]
+    assert not any((settings.artifacts_dir / "tmp").glob("rl-*"))
 
+
+def test_rl_jobs_without_data_fail_with_a_sentence(light_workspace):
     settings = load_settings(light_workspace, env={})
-    with pytest.raises(SelftrainError, match="'rl' jobs need selftrain.training.nothing_here, which this "
-                                             "installation does not have yet."):
-        _room_not_built_yet("selftrain.training.nothing_here", "rl", settings, None, {})
-    with pytest.raises(SelftrainError, match=r"'rl' jobs need selftrain.training.losses.run_job\(settings, db, "
-                                             r"payload\), which does not exist yet."):
-        _room_not_built_yet("selftrain.training.losses", "rl", settings, None, {})
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        submit(s, "rl", {"method": "dpo"})
+        submit(s, "rl", {"method": "ppo"})
+    with pytest.raises(SelftrainError, match="DPO needs at least 8 preference pairs with different answers; there are 0"):
+        run_job(settings, db, claim(db, "w", lease_s=60))
+    with pytest.raises(SelftrainError, match="An RL job needs stored interactions"):
+        run_job(settings, db, claim(db, "w", lease_s=60))
+    with db.session() as s:
+        assert s.scalars(select(ModelVersion)).all() == []
