@@ -55,6 +55,29 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
+PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh, empty database on the PostgreSQL server of the `postgres` tier; dropped
+    (with any connections left) after the test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"selftrain_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://root@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

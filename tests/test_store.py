@@ -1,9 +1,6 @@
 """Storage tests; each runs on SQLite and, in the `postgres` tier, on the real server."""
 
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from selftrain.errors import SelftrainError
@@ -12,26 +9,13 @@ from selftrain.store.records import (count_unconsumed, record_feedback, record_i
                                      summarize_feedback, unconsumed_interactions)
 from selftrain.store.schema import ModelVersion, PreferencePair
 
-PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db(request, tmp_path):
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'test.db'}")
-        yield database
-        database.close()
-        return
-    name = f"selftrain_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(f"postgresql+psycopg://root@127.0.0.1:5432/{name}")
+    url = f"sqlite:///{tmp_path / 'test.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url)
     yield database
     database.close()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_migrations_create_every_table_and_are_idempotent(db):

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from selftrain.store.db import Database
 
-PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 PAGES = ("/", "/interactions", "/jobs", "/versions", "/versions/v0002", "/versions/compare?a=v0001&b=v0002",
@@ -80,21 +78,10 @@ def dash_settings(dash_workspace):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def dash_db(request, dash_settings):
     """The workspace's SQLite file, or (postgres tier) a fresh database on the real server."""
-    if request.param == "sqlite":
-        database = Database(dash_settings.resolved_database_url)
-        yield database
-        database.close()
-        return
-    name = f"selftrain_dashboard_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(f"postgresql+psycopg://root@127.0.0.1:5432/{name}")
+    url = dash_settings.resolved_database_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url)
     yield database
     database.close()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @dataclass

@@ -6,13 +6,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import create_engine, text
 
-PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 
 
 def serve_settings(workspace, **overrides):
@@ -36,21 +33,10 @@ def settings(workspace):
 def db(request, settings):
     from selftrain.store.db import Database
 
-    if request.param == "sqlite":
-        database = Database(settings.resolved_database_url)
-        yield database
-        database.close()
-        return
-    name = f"selftrain_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(f"postgresql+psycopg://root@127.0.0.1:5432/{name}")
+    url = settings.resolved_database_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url)
     yield database
     database.close()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture

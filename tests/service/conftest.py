@@ -11,43 +11,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from selftrain.store.db import Database
 
-PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def create_pg_database() -> str:
-    name = f"selftrain_service_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"postgresql+psycopg://root@127.0.0.1:5432/{name}"
-
-
-def drop_pg_database(url: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db(request, tmp_path):
     """The same tests on SQLite and, in the postgres tier, on the real server."""
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'service.db'}")
-        yield database
-        database.close()
-        return
-    url = create_pg_database()
+    url = f"sqlite:///{tmp_path / 'service.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     database = Database(url)
     yield database
     database.close()
-    drop_pg_database(url)
 
 
 @pytest.fixture

@@ -12,22 +12,21 @@ from selftrain.scheduler import submit
 from selftrain.store.db import Database
 from selftrain.store.schema import Job
 
-from .conftest import create_pg_database, drop_pg_database, start_service
+from .conftest import start_service
 from .test_service_worker import alive, assert_ran_to_the_end_once, runs, wait_for
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_workspace(light_workspace):
-    url = create_pg_database()
+def pg_workspace(light_workspace, postgres_url):
+    url = postgres_url
     with open(light_workspace / "selftrain.toml", "a") as fh:
         fh.write(f'database_url = "{url}"\n')
     settings = load_settings(light_workspace, env={})
     db = Database(settings.resolved_database_url)
     yield light_workspace, settings, db
     db.close()
-    drop_pg_database(url)
 
 
 def statuses(db):
