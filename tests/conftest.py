@@ -109,3 +109,43 @@ def builtin_model_dir(tmp_path_factory) -> Path:
     if os.environ.get("SELFTRAIN_TEST_MODEL"):
         return Path(os.environ["SELFTRAIN_TEST_MODEL"])
     return Path(resolve_base_model("smollm2-135m-instruct", tmp_path_factory.mktemp("model-cache")))
+
+
+class LiveServer:
+    """uvicorn in a thread, on a socket bound to a free port before it starts."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 60 s")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """`with live_server(app) as live:` serves an ASGI app on live.url while the block runs."""
+    return LiveServer

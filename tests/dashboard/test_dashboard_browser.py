@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -26,34 +24,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium "
                                 "(`make setup` installs Debian's chromium package)")
-
-
-class LiveServer:
-    """uvicorn in a thread, on a socket bound to a free port of 127.0.0.1 before it starts."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start within 60 s")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 def lora_version(db, tiny_model_dir: Path, scratch: Path, seed: int) -> str:
@@ -79,7 +49,7 @@ def lora_version(db, tiny_model_dir: Path, scratch: Path, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, tiny_model_dir):
+def site(tmp_path_factory, tiny_model_dir, live_server):
     """The server with two versions (v0002 active) and keys for root (admin), alice and bob."""
     from selftrain.config import load_settings
     from selftrain.registry import activate
@@ -115,7 +85,7 @@ def site(tmp_path_factory, tiny_model_dir):
                               run_id=versions[1]))
         engine = GenerationEngine(settings, db).start()
         try:
-            with LiveServer(create_app(settings, db, engine=engine)) as live:
+            with live_server(create_app(settings, db, engine=engine)) as live:
                 yield {"url": live.url, "keys": keys, "db": db, "versions": versions, "bob_id": bob_id}
         finally:
             engine.stop()

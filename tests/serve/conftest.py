@@ -3,9 +3,7 @@ the app served by a real uvicorn on a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -83,35 +81,6 @@ def key_maker():
     return make_keys
 
 
-class LiveServer:
-    """uvicorn in a thread, on a socket bound to a free port before it starts."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start within 60 s")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
 @pytest.fixture
 def app(settings, sqlite_db, engine):
     from selftrain.serve.app import create_app
@@ -120,8 +89,8 @@ def app(settings, sqlite_db, engine):
 
 
 @pytest.fixture
-def server(app):
-    with LiveServer(app) as live:
+def server(app, live_server):
+    with live_server(app) as live:
         yield live
 
 
