@@ -198,7 +198,7 @@ def run(config: SFTConfig, examples: list[Example], base_location: str, output_d
 
     check_config(config)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads(config.num_threads))
+    torch.set_num_threads(training_threads(config.num_threads, resolve_dtype(config.dtype)))
     try:
         return _run(config, examples, base_location, output_dir, init_adapter=init_adapter,
                     on_step=on_step, progress=progress, on_alert=on_alert,

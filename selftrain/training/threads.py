@@ -26,27 +26,29 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def training_threads(requested: int) -> int:
-    """`requested` if positive; else OMP_NUM_THREADS if set; else the fastest count."""
+def training_threads(requested: int, dtype: str = "bfloat16") -> int:
+    """`requested` if positive; else OMP_NUM_THREADS if set; else the fastest count for
+    matmuls in `dtype` (the one training runs in)."""
     if requested > 0:
         return requested
     from_env = os.environ.get("OMP_NUM_THREADS", "")
     if from_env.isdigit() and int(from_env) > 0:
         return int(from_env)
-    return fastest_thread_count()
+    return fastest_thread_count(dtype=torch.float32 if dtype == "float32" else torch.bfloat16)
 
 
-def fastest_thread_count(width: int = 576, rows: int = 1024, repeats: int = 3) -> int:
+def fastest_thread_count(width: int = 576, rows: int = 256, repeats: int = 3, dtype=torch.bfloat16) -> int:
     """The candidate thread count (all cores, half of them, one) with the fastest median
-    time for ten [rows × width] · [width × 4·width] bf16 matmuls. Leaves torch's thread
-    count as it found it."""
+    time for five [rows × width] · [width × 4·width] matmuls in `dtype` (a training step's
+    shape at a quarter of its rows: enough to tell, quick to run). Leaves torch's
+    thread count as it found it."""
     cores = available_cores()
     candidates = sorted({cores, max(1, cores // 2), 1}, reverse=True)
     if len(candidates) == 1:
         return candidates[0]
     previous = torch.get_num_threads()
-    a = torch.randn(rows, width, dtype=torch.bfloat16)
-    b = torch.randn(width, 4 * width, dtype=torch.bfloat16)
+    a = torch.randn(rows, width, dtype=dtype)
+    b = torch.randn(width, 4 * width, dtype=dtype)
     times: dict[int, list[float]] = {n: [] for n in candidates}
     try:
         for _ in range(repeats):
@@ -54,7 +56,7 @@ def fastest_thread_count(width: int = 576, rows: int = 1024, repeats: int = 3) -
                 torch.set_num_threads(n)
                 a @ b
                 start = time.perf_counter()
-                for _ in range(10):
+                for _ in range(5):
                     a @ b
                 times[n].append(time.perf_counter() - start)
     finally:

@@ -141,4 +141,4 @@ def test_thread_count_follows_the_setting_then_the_environment_then_a_timing(mon
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert training_threads(0) == 2
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert 1 <= training_threads(0) <= available_cores()
+    assert 1 <= training_threads(0, "float32") <= available_cores()
