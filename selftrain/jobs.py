@@ -29,7 +29,8 @@ def run_job(settings: Settings, db: Database, claim: Claim) -> dict:
         case "cycle":
             from selftrain.loop import json_safe, run_cycle
 
-            report = run_cycle(settings, db, fence=fence, owner={"job": claim.job_id, "token": claim.token})
+            report = run_cycle(settings, db, fence=fence, owner={"job": claim.job_id, "token": claim.token},
+                               progress=progress_reporter(db, claim))
             summary = asdict(report)
             summary.pop("curation", None)  # the cycle row keeps the full report
             return json_safe(summary)
@@ -142,6 +143,30 @@ def train_on_snapshot(settings: Settings, db: Database, payload: dict, *, fence=
         shutil.rmtree(work, ignore_errors=True)
     return {"version": version_id, "train_loss": result.train_loss, "eval_loss": result.eval_loss,
             "steps": result.steps}
+
+
+def progress_reporter(db: Database, claim: Claim, every_s: float = 2.0):
+    """A `progress(stage, done, total)` callback that keeps `{"progress": {stage, done,
+    total}}` on the job's row while this claim holds it (the dashboard draws it), written at
+    most every `every_s` seconds and whenever a stage starts or ends; the job's final result
+    replaces it."""
+    from sqlalchemy import update
+
+    from selftrain.store.schema import Job
+
+    last = {"at": 0.0, "stage": None}
+
+    def report(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if stage == last["stage"] and 0 < done < total and now - last["at"] < every_s:
+            return
+        last.update(at=now, stage=stage)
+        with db.session() as session:
+            session.execute(update(Job).where(Job.id == claim.job_id, Job.worker == claim.token,
+                                              Job.status == "running")
+                            .values(result={"progress": {"stage": stage, "done": done, "total": total}}))
+
+    return report
 
 
 def train_rl(settings: Settings, db: Database, payload: dict, *, fence=None) -> dict:

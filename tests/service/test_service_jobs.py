@@ -106,3 +106,30 @@ def test_rl_jobs_without_data_fail_with_a_sentence(light_workspace):
         run_job(settings, db, claim(db, "w", lease_s=60))
     with db.session() as s:
         assert s.scalars(select(ModelVersion)).all() == []
+
+
+def test_a_running_job_reports_its_progress_while_held(light_workspace):
+    from selftrain.jobs import progress_reporter
+    from selftrain.store.schema import Job
+
+    settings = load_settings(light_workspace, env={})
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        job_id = submit(s, "cycle", {}).id
+    held = claim(db, "w", lease_s=60)
+    report = progress_reporter(db, held, every_s=60)
+
+    def shown():
+        with db.session() as s:
+            return (s.get(Job, job_id).result or {}).get("progress")
+
+    report("train", 0, 10)
+    assert shown() == {"stage": "train", "done": 0, "total": 10}
+    report("train", 5, 10)  # within every_s of the last write: skipped
+    assert shown()["done"] == 0
+    report("train", 10, 10)  # a stage's end is always written
+    assert shown() == {"stage": "train", "done": 10, "total": 10}
+    with db.session() as s:
+        cancel(s, job_id)
+    report("evaluate baseline", 0, 6)  # the claim is gone: the row is left alone
+    assert shown()["stage"] == "train"
