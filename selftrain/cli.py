@@ -15,6 +15,10 @@ from typing import Optional
 import click
 import typer
 
+from selftrain.cli_common import State
+from selftrain.cli_common import console as _console
+from selftrain.cli_common import database as _db
+from selftrain.cli_common import settings as _settings
 from selftrain.errors import SelftrainError
 
 app = typer.Typer(
@@ -32,27 +36,6 @@ app.add_typer(models_app, name="models")
 DEMO_INTERACTIONS = Path(__file__).resolve().parent / "resources" / "demo_interactions.jsonl"
 
 
-class State:
-    workspace: Optional[Path] = None
-
-
-def _settings():
-    from selftrain.config import load_settings
-
-    return load_settings(State.workspace)
-
-
-def _db(settings):
-    from selftrain.store.db import Database
-
-    settings.workspace.mkdir(parents=True, exist_ok=True)
-    return Database(settings.resolved_database_url)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 @app.callback()

@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import typer
 
+from selftrain.cli_common import database as _db
+from selftrain.cli_common import settings as _settings
+
 app = typer.Typer(
     help="Curated training data: build snapshots, inspect them, export and import.\n\n"
          "Examples:\n\n"
@@ -31,18 +34,6 @@ _VERIFY = typer.Option(True, "--verify/--no-verify", help="Run mutants of exampl
                        "sandbox, keeping only those that pass (without it they are not made).")
 
 
-def _settings():
-    from selftrain.cli import State
-    from selftrain.config import load_settings
-
-    return load_settings(State.workspace)
-
-
-def _db(settings):
-    from selftrain.store.db import Database
-
-    settings.workspace.mkdir(parents=True, exist_ok=True)
-    return Database(settings.resolved_database_url)
 
 
 def _config(settings, synthetic: int, balance: str, cap: Optional[int]):

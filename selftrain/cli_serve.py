@@ -16,7 +16,8 @@ keys_app = typer.Typer(help="API keys for `selftrain serve`: create, list, revok
 
 
 def _settings_and_db():
-    from selftrain.cli import _db, _settings
+    from selftrain.cli_common import database as _db
+    from selftrain.cli_common import settings as _settings
 
     settings = _settings()
     return settings, _db(settings)

@@ -15,6 +15,9 @@ from typing import Optional
 
 import typer
 
+from selftrain.cli_common import console as _console
+from selftrain.cli_common import database as _db
+from selftrain.cli_common import settings as _settings
 from selftrain.errors import SelftrainError
 
 jobs_app = typer.Typer(help="The job queue: submit, list, show, cancel, retry.\n\n"
@@ -25,22 +28,6 @@ jobs_app = typer.Typer(help="The job queue: submit, list, show, cancel, retry.\n
                        no_args_is_help=True)
 
 
-def _settings():
-    from selftrain.cli import _settings as settings
-
-    return settings()
-
-
-def _db(settings):
-    from selftrain.cli import _db as db
-
-    return db(settings)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 def _when(value, short: bool = False) -> str:

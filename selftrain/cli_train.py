@@ -12,6 +12,9 @@ from typing import Optional
 
 import typer
 
+from selftrain.cli_common import console as _console
+from selftrain.cli_common import database as _db
+from selftrain.cli_common import settings as _settings
 from selftrain.errors import SelftrainError
 
 hpo_app = typer.Typer(
@@ -24,22 +27,6 @@ hpo_app = typer.Typer(
     no_args_is_help=True)
 
 
-def _settings():
-    from selftrain.cli import _settings as settings
-
-    return settings()
-
-
-def _db(settings):
-    from selftrain.cli import _db as db
-
-    return db(settings)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 def alerts(limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many, newest first."),

@@ -138,6 +138,10 @@ class Settings:
         "demo", "Problems the gate evaluates on: 'demo' (bundled) or a JSONL file of "
         "{task_id, prompt, entry_point, tests}.", "evaluation")
     eval_limit: int = _f(0, "Evaluate on at most this many problems (0 = all).", "evaluation")
+    evaluation_cache: bool = _f(
+        True, "Reuse a greedy evaluation of an unchanged model on the same problems with the same "
+        "settings (<workspace>/artifacts/eval_cache), e.g. the model in service at every cycle's gate.",
+        "evaluation")
 
     # --- sandbox ---
     sandbox_timeout_s: float = _f(10.0, "Wall-clock seconds one program may run.", "sandbox")

@@ -31,19 +31,16 @@ class Verdict:
 def judge(settings: Settings, location: str, suite, sandbox, baseline_adapter: str | None,
           candidate_adapter: str, progress: Progress | None = None) -> Verdict:
     """Evaluate the model in service (`baseline_adapter`, None = the base model) and the
-    candidate on the same problems, then apply the gate."""
-    from selftrain.evaluation.harness import evaluate_model
+    candidate on the same problems, then apply the gate. The model in service's evaluation
+    is reused while it stays in service (evaluation/cache.py)."""
+    from selftrain.evaluation.cache import evaluate_version
     from selftrain.evaluation.stats import gate
-    from selftrain.models.base import load_model
 
     progress = progress or (lambda stage, done, total: None)
 
     def evaluate(adapter, stage):
         progress(stage, 0, len(suite.problems))
-        model, tokenizer = load_model(location, settings.dtype, adapter=adapter)
-        outcome = evaluate_model(model, tokenizer, suite, sandbox, prompt_format=settings.prompt_format,
-                                 max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.generation_batch_size)
+        outcome = evaluate_version(settings, location, adapter, suite, sandbox)
         progress(stage, len(suite.problems), len(suite.problems))
         return outcome
 

@@ -275,15 +275,14 @@ class Measurement:
 
 def measure(settings: Settings, version: tuple[str | None, str | None], suite: Suite, sandbox,
             progress: Progress, label: str) -> Measurement:
-    from selftrain.agent import load_version
-    from selftrain.evaluation.harness import evaluate_model
+    from selftrain.evaluation.cache import evaluate_version
     from selftrain.evaluation.stats import proportion_ci
+    from selftrain.models.base import resolve_base_model
 
     started = time.perf_counter()
-    loaded = load_version(settings, *version)
-    result = evaluate_model(loaded.model, loaded.tokenizer, suite, sandbox, prompt_format=settings.prompt_format,
-                            max_new_tokens=settings.max_new_tokens, batch_size=settings.generation_batch_size,
-                            progress=lambda stage, done, total: progress(f"{label}: {stage}", done, total))
+    location = resolve_base_model(settings.base_model, settings.model_cache_dir, settings.allow_model_downloads)
+    result = evaluate_version(settings, location, version[1], suite, sandbox,
+                              progress=lambda stage, done, total: progress(f"{label}: {stage}", done, total))
     items = {i.task_id: bool(i.passed) for i in result.items}
     passed = sum(items.values())
     ci = proportion_ci(passed, len(items))

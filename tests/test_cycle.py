@@ -3,6 +3,8 @@ sandbox → gate → register → consume; and the guarantees when it fails."""
 
 import json
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import select
 
@@ -109,7 +111,8 @@ def test_feedback_of_a_cycle_that_failed_the_gate_is_learned_from_again(workspac
     first = run_cycle(settings, db)  # the tiny model passes nothing: not deployed
     assert not first.deployed and first.carried_over == 0
     ingest_file(db, write_data(workspace, n=4, first=8))
-    second = run_cycle(settings, db, sandbox=ScriptedSandbox())
+    # Scripted verdicts differ from the first cycle's real ones: evaluate the baseline again.
+    second = run_cycle(replace(settings, evaluation_cache=False), db, sandbox=ScriptedSandbox())
     # It consumes only its own 4, but curates them together with the first cycle's 8.
     assert second.n_interactions == 4 and second.carried_over == 8 and second.carried_from == [first.cycle_id]
     assert second.curation["input"] == 12 and second.deployed

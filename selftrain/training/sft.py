@@ -14,6 +14,9 @@ on a CPU (each measured in bench/RESULTS.md, "LoRA fine-tuning"):
 - bf16 base and adapters with fp32 master weights (`precision.py`): no per-layer dtype
   round trips, no lost small updates;
 - a dropout that draws 16 random bits per element instead of an fp32 Bernoulli sample.
+
+Under `accelerate launch` / `torchrun` with several processes it trains data-parallel:
+each rank its share of every epoch, gradients averaged every step (`distributed.py`).
 """
 
 from __future__ import annotations
@@ -213,11 +216,13 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     from peft import LoraConfig, TaskType, get_peft_model
 
     from selftrain.training import checkpoint
+    from selftrain.training.distributed import current_world
     from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import accepts_logits_to_keep, use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
 
     began = time.perf_counter()
+    world = current_world()  # one process, or this rank of a data-parallel launch (distributed.py)
     torch.manual_seed(config.seed)
 
     # 1. Model with LoRA: continue the adapter in service, or start a fresh one. Every
@@ -260,6 +265,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         use_fast_dropout(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
+    world.broadcast_(params)  # the same start on every rank
+    torch.manual_seed(config.seed + world.rank)  # each rank its own dropout masks
     bf16 = resolve_dtype(config.dtype) == "bfloat16"
     masters = MasterWeights(params, torch.bfloat16 if bf16 and config.mixed_precision == "master"
                             else torch.float32)
@@ -273,7 +280,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
 
     # 4. Optimizer and schedule. Warmup is capped at 10% of the run: the spec's 100 steps
     #    would otherwise be most of a short run spent below the intended learning rate.
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    # Under data parallelism each rank takes its share of every epoch, batch_size per step.
+    steps_per_epoch = math.ceil(len(world.shard(list(range(len(train_rows))))) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = min(config.warmup_steps, max(1, total_steps // 10))
     optimizer = torch.optim.AdamW(masters.masters, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -281,8 +289,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
 
     # 5. Resume from this run's last checkpoint, or measure where training starts from.
     ignored = {"num_threads", "report_to", "save_steps"}  # change nothing in the result
-    run_id = checkpoint.fingerprint({k: v for k, v in asdict(config).items() if k not in ignored},
-                                    base_location, init_adapter, rows)
+    run_id = checkpoint.fingerprint({**{k: v for k, v in asdict(config).items() if k not in ignored},
+                                     "world_size": world.size}, base_location, init_adapter, rows)
     state = checkpoint.load(checkpoint_dir, run_id)
     if state is not None:
         with torch.no_grad():
@@ -301,6 +309,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         history = [{"step": 0, "eval_loss": initial_eval}]
 
     def save_checkpoint(step: int) -> None:
+        if not world.main:
+            return
         checkpoint.save(checkpoint_dir, {
             "fingerprint": run_id, "step": step, "tokens": tokens, "history": history,
             "masters": [m.detach().clone() for m in masters.masters], "names": names,
@@ -309,11 +319,11 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
             "monitor": monitor.state_dict()})
 
     # 6. Train.
-    monitor.reporter = open_reporter(config.report_to, log_dir or output_dir.parent / "runs")
+    monitor.reporter = open_reporter(config.report_to if world.main else "none", log_dir or output_dir.parent / "runs")
     try:
         for step in range(start_step, total_steps):
             epoch, index = divmod(step, steps_per_epoch)
-            order = epoch_order(len(train_rows), config.seed, epoch)
+            order = world.shard(epoch_order(len(train_rows), config.seed, epoch))
             chunk = [train_rows[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
             lr = lr_at(step, total_steps, config.learning_rate, warmup)
             for group in optimizer.param_groups:
@@ -321,14 +331,15 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
             started = time.perf_counter()
             with autocast:
                 loss, _, n_tokens = batch_loss(model, chunk, pad_id, packed, keep_logits)
-            loss_value = loss.item()
+            loss.backward()
+            loss_value = world.average_gradients(params, loss)  # every rank sees a NaN on any
             record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_value, "learning_rate": lr}
             if not math.isfinite(loss_value):
                 monitor.log_step(record)  # raises the nan_loss alert
-                checkpoint.remove(checkpoint_dir)  # resuming would only replay the divergence
+                if world.main:
+                    checkpoint.remove(checkpoint_dir)  # resuming would only replay the divergence
                 raise TrainingDiverged(f"Training loss became {loss_value} at step {step + 1}; "
                                        "no adapter was saved.")
-            loss.backward()
             masters.grads_to_masters()
             torch.nn.utils.clip_grad_norm_(masters.masters, config.max_grad_norm)
             optimizer.step()
@@ -359,9 +370,11 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         for master, best in zip(masters.masters, best_state):
             master.copy_(best)
     masters.restore_fp32()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    checkpoint.remove(checkpoint_dir)
+    if world.main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output_dir)
+        checkpoint.remove(checkpoint_dir)
+    world.barrier()  # every rank returns once the adapter is on disk
     losses = [r["loss"] for r in history if "loss" in r]
     recent = losses[-max(1, min(len(losses), 10)):] or [float("nan")]
     return SFTResult(adapter_dir=output_dir, train_loss=sum(recent) / len(recent), eval_loss=best_eval,

@@ -17,10 +17,6 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).with_name("ddp_sft_script.py")
 
 
-@pytest.mark.xfail(strict=True, reason="training/sft.py does not run under DDP yet: it needs to set up "
-                   "torch.distributed when launched with WORLD_SIZE > 1 (gloo on CPU), shard the training "
-                   "split across ranks, wrap the model in DistributedDataParallel, average the eval loss "
-                   "across ranks and save the adapter from rank 0 only.")
 def test_sft_under_accelerate_launch_with_two_cpu_processes(tiny_model_dir, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

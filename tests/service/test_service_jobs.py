@@ -17,7 +17,8 @@ from selftrain.store.schema import DatasetSnapshot, EvaluationRun, ModelVersion
 from .conftest import write_cycle_data
 
 
-def test_sft_and_eval_jobs(workspace):
+def stored_snapshot(workspace):
+    """(settings, db, digest): the cycle data ingested, curated and stored as a snapshot."""
     path = write_cycle_data(workspace)
     settings = load_settings(workspace, env={})
     db = Database(settings.resolved_database_url)
@@ -27,6 +28,12 @@ def test_sft_and_eval_jobs(workspace):
         examples = curate_interactions(items).examples
         digest, snapshot = write_snapshot(examples, settings.artifacts_dir / "datasets")
         s.add(DatasetSnapshot(id=digest, path=str(snapshot), n_examples=len(examples), stats={}))
+    return settings, db, digest
+
+
+def test_sft_and_eval_jobs(workspace):
+    settings, db, digest = stored_snapshot(workspace)
+    with db.session() as s:
         submit(s, "sft", {"snapshot": digest, "epochs": 1, "learning_rate": 1e-3})
         submit(s, "eval", {"version": "v0001", "limit": 2})
         submit(s, "sft", {"snapshot": "nope"})
@@ -50,15 +57,8 @@ def test_sft_and_eval_jobs(workspace):
 
 def test_a_job_whose_claim_was_lost_commits_nothing(workspace):
     """The fence: an SFT job cancelled while it trained registers no version."""
-    path = write_cycle_data(workspace)
-    settings = load_settings(workspace, env={})
-    db = Database(settings.resolved_database_url)
-    ingest_file(db, path)
+    settings, db, digest = stored_snapshot(workspace)
     with db.session() as s:
-        items = [(i, summarize_feedback(i.feedback)) for i in unconsumed_interactions(s)]
-        examples = curate_interactions(items).examples
-        digest, snapshot = write_snapshot(examples, settings.artifacts_dir / "datasets")
-        s.add(DatasetSnapshot(id=digest, path=str(snapshot), n_examples=len(examples), stats={}))
         job_id = submit(s, "sft", {"snapshot": digest}).id
     held = claim(db, "w", lease_s=60)
     with db.session() as s:
