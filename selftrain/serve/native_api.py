@@ -19,6 +19,7 @@ from selftrain.serve.problems import BUSY, INVALID, NOT_FOUND, UNAUTHORIZED, Api
 from selftrain.serve.schemas import (MAX_ID, FeedbackRequest, FeedbackResponse, GenerateRequest,
                                      GenerateResponse, InteractionOut, InteractionPage, PreferenceRequest,
                                      PreferenceResponse)
+from selftrain.serve.writer import AfterFlush
 from selftrain.store.records import record_feedback
 from selftrain.store.schema import PreferencePair
 
@@ -55,10 +56,10 @@ async def feedback(body: FeedbackRequest, request: Request, interaction_id: int 
         try:
             feedback = record_feedback(session, row.id, rating=body.rating, accepted=body.accepted,
                                        corrected_code=body.corrected_code, comment=body.comment,
-                                       user=principal.name)
+                                       user=principal.name, flush=False)
         except SelftrainError as exc:  # raised before it adds anything
             raise ApiError(422, str(exc)) from None
-        return FeedbackResponse(feedback_id=feedback.id, interaction_id=interaction_id)
+        return AfterFlush(lambda: FeedbackResponse(feedback_id=feedback.id, interaction_id=interaction_id))
 
     return await request.app.state.writer.run(write, interaction_id=interaction_id)
 

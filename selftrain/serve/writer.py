@@ -14,7 +14,10 @@ Operations on existing interactions (feedback) name them, and each group loads a
 them in one query first: a write is then one INSERT round trip, not a SELECT and an
 INSERT.
 
-An operation is a function of the session. It must raise (e.g. "no such interaction")
+An operation is a function of the session. What it returns is its result, unless it is an
+`AfterFlush`: then the group's objects are flushed together (one multi-row INSERT per
+table instead of one round trip per write) and the AfterFlush's function gives the result,
+e.g. the new row's id. An operation must raise (e.g. "no such interaction")
 *before* it writes anything, so an operation that fails leaves nothing behind for the
 others to commit; if the commit itself fails, every operation in the group fails.
 """
@@ -36,6 +39,15 @@ log = logging.getLogger("selftrain.serve")
 T = TypeVar("T")
 
 _STOP = object()
+
+
+class AfterFlush:
+    """An operation's result that needs the group flushed first (database-assigned ids)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Callable[[], object]):
+        self.result = result
 
 
 class GroupWriter:
@@ -97,6 +109,10 @@ class GroupWriter:
                         outcomes.append((future, loop, None, operation(session)))
                     except Exception as exc:  # raised before writing (see the module docstring)
                         outcomes.append((future, loop, exc, None))
+                if any(isinstance(value, AfterFlush) for *_, value in outcomes):
+                    session.flush()
+                    outcomes = [(f, lp, exc, value.result() if isinstance(value, AfterFlush) else value)
+                                for f, lp, exc, value in outcomes]
         except Exception as exc:  # the commit failed: nothing of this group is stored
             log.exception("a group of %d writes failed to commit", len(group))
             outcomes = [(future, loop, exc, None) for _, future, loop, _ in group]

@@ -21,9 +21,11 @@ def record_interaction(session: Session, **fields) -> Interaction:
 
 def record_feedback(session: Session, interaction_id: int, *, rating: int | None = None,
                     accepted: bool | None = None, corrected_code: str | None = None,
-                    comment: str | None = None, user: str | None = None) -> Feedback:
+                    comment: str | None = None, user: str | None = None, flush: bool = True) -> Feedback:
     """Attach feedback to an interaction. A correction also becomes a preference pair
-    (the user's code preferred over the model's), which reward models learn from."""
+    (the user's code preferred over the model's), which reward models learn from.
+    flush=False leaves the INSERT to the caller's next flush (the API's group writer sends a
+    whole group's feedback in one statement); the feedback's id is known only after it."""
     if rating is not None and not 1 <= rating <= 5:
         raise SelftrainError(f"A rating must be an integer from 1 to 5, got {rating}.")
     if rating is None and accepted is None and not corrected_code and not comment:
@@ -39,7 +41,8 @@ def record_feedback(session: Session, interaction_id: int, *, rating: int | None
         session.add(PreferencePair(prompt=interaction.prompt, chosen=corrected_code,
                                    rejected=interaction.code, source="correction",
                                    interaction_id=interaction_id, user=user))
-    session.flush()
+    if flush:
+        session.flush()
     return feedback
 
 
