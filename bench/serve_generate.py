@@ -3,7 +3,7 @@
     python bench/serve_generate.py [--clients 8] [--max-tokens 64] [--rounds 2]
 
 The server is `create_app` on uvicorn in a process of its own, serving the real built-in
-model (SmolLM2-135M-Instruct, bf16); the same 8 code requests are sent one after another,
+model (SmolLM2-135M-Instruct, dtype auto: bf16 where the CPU has it, else fp32); the same 8 code requests are sent one after another,
 then all at once by 8 client threads, alternating for `--rounds` rounds so a busy machine
 slows both alike. Greedy decoding makes both phases generate the same tokens, so the
 ratio is the engine's batching alone. Rate = completion tokens / wall seconds.
@@ -134,7 +134,9 @@ def main() -> None:
     single = statistics.median(r["one_at_a_time"]["tokens_per_s"] for r in rounds)
     batched = statistics.median(r["concurrent"]["tokens_per_s"] for r in rounds)
     speedup = batched / single
-    print(f"\nGeneration, SmolLM2-135M bf16, max_tokens {args.max_tokens}, {os.cpu_count()} CPUs, "
+    from selftrain.models.base import resolve_dtype
+
+    print(f"\nGeneration, SmolLM2-135M {resolve_dtype('auto')}, max_tokens {args.max_tokens}, {os.cpu_count()} CPUs, "
           f"load average before: {load[0]:.2f}")
     print(f"{'round':<7}{'1-at-a-time tok/s':>19}{f'{args.clients} concurrent tok/s':>22}{'tokens':>8}{'ratio':>7}")
     for i, r in enumerate(rounds, 1):
