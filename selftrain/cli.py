@@ -287,6 +287,10 @@ def _print_report(report) -> None:
         g = report.gate
         table.add_row("train loss", f"{report.train_loss:.4f} over {report.train_steps} steps")
         table.add_row("eval loss", f"{report.initial_eval_loss:.4f} → {report.eval_loss:.4f}")
+        if report.rl:
+            done = report.rl.get("metrics") or {}
+            table.add_row(f"RL ({report.rl['method']})", report.rl.get("skipped") or ", ".join(
+                f"{k.replace('_', ' ')} {_num(v)}" for k, v in done.items() if isinstance(v, (int, float))))
         table.add_row(f"baseline ({report.baseline_version or 'base model'})",
                       f"pass rate {_pct(report.baseline_pass_rate)} on {g['n']} problems")
         table.add_row("candidate", f"pass rate {_pct(report.candidate_pass_rate)}")

@@ -133,6 +133,14 @@ class Settings:
     eval_steps: int = _f(50, "Optimizer steps between eval-loss measurements (spec).", "training")
     seed: int = _f(0, "Seed for data splits, shuffling and LoRA initialisation.", "training")
 
+    # --- RL after SFT ---
+    cycle_rl: str = _f(
+        "none", "After a cycle's SFT, align its candidate with RL before the gate: 'dpo' on the stored "
+        "preference pairs (when there are at least rl_min_pairs), 'ppo' with the execution reward on "
+        "recent prompts, or 'none'. `selftrain jobs submit rl` runs either on its own.", "rl")
+    rl_min_pairs: int = _f(8, "Fewest preference pairs DPO trains on; with fewer a cycle skips RL.", "rl")
+    rl_iterations: int = _f(20, "PPO iterations (rollout, reward, update) per RL run.", "rl")
+
     # --- evaluation ---
     eval_suite: str = _f(
         "demo", "Problems the gate evaluates on: 'demo' (bundled) or a JSONL file of "
@@ -254,6 +262,9 @@ def validate(s: Settings) -> None:
         (s.curation_synthetic_per_example >= 0, "curation_synthetic_per_example", "an integer ≥ 0"),
         (s.curation_category_cap >= 0, "curation_category_cap", "an integer ≥ 0 (0 = no cap)"),
         (s.carry_over_cycles >= 0, "carry_over_cycles", "an integer ≥ 0 (0 = never)"),
+        (s.cycle_rl in ("none", "dpo", "ppo"), "cycle_rl", "'none', 'dpo' or 'ppo'"),
+        (s.rl_min_pairs >= 2, "rl_min_pairs", "an integer ≥ 2"),
+        (s.rl_iterations >= 1, "rl_iterations", "a positive integer"),
     ]
     for name in ("learning_threshold", "min_examples", "check_interval", "lora_r", "lora_alpha",
                  "epochs", "batch_size", "max_length", "eval_steps", "max_new_tokens",

@@ -181,46 +181,27 @@ def train_rl(settings: Settings, db: Database, payload: dict, *, fence=None) -> 
     from selftrain.gating import judge, record_candidate
     from selftrain.loop import make_sandbox
     from selftrain.models.base import resolve_base_model
-    from selftrain.store.records import preference_pairs, recent_tasks
+    from selftrain.reinforce import align, feedback_for, shortfall
 
     method = payload.get("method", "ppo")
-    with db.session() as session:  # the data first: a job without any fails in a moment
-        pairs = preference_pairs(session) if method == "dpo" else []
-        tasks = recent_tasks(session) if method != "dpo" else []
-    if method == "dpo" and len(pairs) < 8:
-        raise SelftrainError(f"DPO needs at least 8 preference pairs with different answers; there are {len(pairs)}.")
-    if method != "dpo" and not tasks:
-        raise SelftrainError("An RL job needs stored interactions to draw prompts from; there are none.")
+    pairs, tasks = feedback_for(db, method)  # the data first: a job without any fails in a moment
+    missing = shortfall(method, pairs, tasks, settings.rl_min_pairs)
+    if missing:
+        raise SelftrainError(missing)
     suite = load_suite(settings.eval_suite, settings.eval_limit)  # a bad suite fails before training
     sandbox = make_sandbox(settings)
     baseline_id, baseline_adapter = active_version_ref(db)
     location = resolve_base_model(settings.base_model, settings.model_cache_dir, settings.allow_model_downloads)
-    common = dict(lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, prompt_format=settings.prompt_format,
-                  dtype=settings.dtype, seed=settings.seed)
     work = settings.artifacts_dir / "tmp" / f"rl-{os.getpid()}-{int(time.time())}"
     registered: list[str] = []
     try:
-        if method == "dpo":
-            from selftrain.training import dpo
-
-            config = dpo.DPOConfig(batch_size=payload.get("batch_size", 2), **common)
-            result = dpo.run(config, pairs, location, work / "adapter", init_adapter=baseline_adapter)
-            metrics = {"train_loss": result.train_loss, "eval_loss": result.eval_loss,
-                       "preference_accuracy": result.eval_accuracy, "train_seconds": result.seconds}
-        else:
-            from selftrain.training import ppo, reward
-
-            config = ppo.PPOConfig(iterations=payload.get("iterations", 20), batch_size=payload.get("batch_size", 8),
-                                   max_new_tokens=payload.get("max_new_tokens", settings.max_new_tokens), **common)
-            result = ppo.run(config, tasks, lambda prompts, completions, **kw: reward.execution_reward(
-                prompts, completions, sandbox=sandbox, **kw), location, work / "adapter", init_adapter=baseline_adapter)
-            metrics = {"iterations": result.iterations, "stopped_early": result.stopped_early,
-                       "train_seconds": result.seconds, "reward": result.history[-1]["reward"] if result.history else None}
-        verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(result.adapter_dir))
+        aligned = align(settings, method, location, baseline_adapter, work / "adapter", pairs=pairs, tasks=tasks,
+                        sandbox=sandbox, options=payload)
+        verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(aligned.adapter_dir))
         with db.session() as session:
-            version = record_candidate(session, settings, suite, result.adapter_dir, verdict, baseline_id=baseline_id,
-                                       training_config={"method": method, **dataclasses.asdict(config)},
-                                       metrics={**metrics, "history": result.history}, reason="rl",
+            version = record_candidate(session, settings, suite, aligned.adapter_dir, verdict, baseline_id=baseline_id,
+                                       training_config=aligned.config,
+                                       metrics={**aligned.metrics, "history": aligned.history}, reason="rl",
                                        registered=registered, fence=fence)
             version_id = version.id
     except BaseException:

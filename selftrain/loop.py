@@ -73,6 +73,7 @@ class CycleReport:
     message: str = ""
     carried_over: int = 0  # interactions of earlier cycles that failed the gate, learned from again
     carried_from: list = field(default_factory=list)  # those cycles' ids
+    rl: dict = field(default_factory=dict)  # with cycle_rl: {method, metrics} or {method, skipped: why}
 
 
 def ingest_file(db: Database, path: Path) -> tuple[int, int]:
@@ -268,9 +269,15 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     report.train_loss, report.eval_loss = result.train_loss, result.eval_loss
     report.initial_eval_loss, report.train_steps = result.initial_eval_loss, result.steps
     lap("train")
+    candidate_dir, training_config = result.adapter_dir, {**asdict(config), "target_modules": result.target_modules}
+    if settings.cycle_rl != "none":  # 2b. Align the SFT adapter with RL when there is feedback enough.
+        aligned = _align(settings, db, location, result.adapter_dir, work / "rl-adapter", sandbox, report, progress)
+        if aligned is not None:
+            candidate_dir, training_config = aligned.adapter_dir, {**training_config, "rl": aligned.config}
+        lap("rl")
 
     # 3. Evaluate the model in service and the candidate on the same problems; gate.
-    verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(result.adapter_dir), progress)
+    verdict = judge(settings, location, suite, sandbox, baseline_adapter, str(candidate_dir), progress)
     baseline, candidate, decision = verdict.baseline, verdict.candidate, verdict.decision
     lap("evaluate")
     report.baseline_version = baseline_id
@@ -285,8 +292,8 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
     try:
         with db.session() as session:
             version = record_candidate(
-                session, settings, suite, result.adapter_dir, verdict, baseline_id=baseline_id,
-                training_config={**asdict(config), "target_modules": result.target_modules},
+                session, settings, suite, candidate_dir, verdict, baseline_id=baseline_id,
+                training_config=training_config,
                 metrics={"train_loss": result.train_loss, "eval_loss": result.eval_loss, "train_steps": result.steps,
                          "train_seconds": result.seconds, "train_tokens": result.tokens},
                 reason="cycle", registered=registered, dataset_snapshot_id=digest, cycle_id=cycle_id, fence=fence)
@@ -316,6 +323,24 @@ def _run_cycle(settings, db, cycle_id, items, interaction_ids, suite, sandbox, w
             shutil.rmtree(path, ignore_errors=True)
         raise
     return report
+
+
+def _align(settings, db, location, sft_adapter, out_dir, sandbox, report, progress):
+    """RL (settings.cycle_rl) from the cycle's SFT adapter; None, with the reason in the
+    report, when the stored feedback is not enough for it."""
+    from selftrain.reinforce import align, feedback_for, shortfall
+
+    method = settings.cycle_rl
+    pairs, tasks = feedback_for(db, method)
+    missing = shortfall(method, pairs, tasks, settings.rl_min_pairs)
+    if missing:
+        report.rl = {"method": method, "skipped": missing}
+        return None
+    progress("rl", 0, 1)
+    aligned = align(settings, method, location, str(sft_adapter), out_dir, pairs=pairs, tasks=tasks, sandbox=sandbox)
+    progress("rl", 1, 1)
+    report.rl = {"method": method, "metrics": aligned.metrics}
+    return aligned
 
 
 def interaction_count(db: Database) -> tuple[int, int]:

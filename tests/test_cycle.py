@@ -174,3 +174,30 @@ def test_a_cycle_failing_after_training_leaves_no_version_folder(workspace):
     assert interaction_count(db) == (8, 8)
     assert not any((settings.artifacts_dir / "tmp").glob("*"))
     assert not (settings.artifacts_dir / "versions").exists() or not any((settings.artifacts_dir / "versions").iterdir())
+
+
+def test_rl_after_sft_aligns_the_candidate_when_there_is_feedback_enough(workspace):
+    """cycle_rl = "dpo": the gate judges the DPO adapter trained from the cycle's SFT
+    adapter; with too few preference pairs the cycle says why and gates the SFT adapter."""
+    from selftrain.store.schema import PreferencePair
+
+    ingest_file(Database(load_settings(workspace, env={}).resolved_database_url), write_data(workspace))
+    settings = replace(load_settings(workspace, env={}), cycle_rl="dpo", rl_min_pairs=4)
+    db = Database(settings.resolved_database_url)
+    first = run_cycle(settings, db)
+    assert first.status == "committed" and first.rl == {
+        "method": "dpo", "skipped": "DPO needs at least 4 preference pairs with different answers; there are 0."}
+    with db.session() as s:
+        assert "rl" not in s.get(ModelVersion, first.version_id).training_config
+
+    with db.session() as s:
+        s.add_all(PreferencePair(prompt=f"Write `inc_{i}(x)` returning x + 1.", chosen=f"def inc_{i}(x):\n    return x + 1",
+                                 rejected=f"def inc_{i}(x):\n    return x", source="api") for i in range(6))
+    ingest_file(db, write_data(workspace, n=8, first=8))
+    second = run_cycle(settings, db)
+    assert second.status == "committed" and second.rl["method"] == "dpo"
+    assert second.rl["metrics"]["train_seconds"] > 0 and "rl" in second.seconds
+    with db.session() as s:
+        version = s.get(ModelVersion, second.version_id)
+        assert version.training_config["rl"]["method"] == "dpo"
+        assert version.training_config["rl"]["min_pairs"] == 4

@@ -50,7 +50,7 @@ class World:
         """Average the gradients of `params` and the loss across ranks in one all-reduce;
         the mean loss."""
         if self.size == 1:
-            return float(loss)
+            return loss.item()
         import torch
         import torch.distributed as dist
 

@@ -102,7 +102,7 @@ def test_rl_jobs_without_data_fail_with_a_sentence(light_workspace):
         submit(s, "rl", {"method": "ppo"})
     with pytest.raises(SelftrainError, match="DPO needs at least 8 preference pairs with different answers; there are 0"):
         run_job(settings, db, claim(db, "w", lease_s=60))
-    with pytest.raises(SelftrainError, match="An RL job needs stored interactions"):
+    with pytest.raises(SelftrainError, match="PPO needs stored interactions to draw prompts from; there are none"):
         run_job(settings, db, claim(db, "w", lease_s=60))
     with db.session() as s:
         assert s.scalars(select(ModelVersion)).all() == []
