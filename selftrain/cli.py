@@ -36,8 +36,6 @@ app.add_typer(models_app, name="models")
 DEMO_INTERACTIONS = Path(__file__).resolve().parent / "resources" / "demo_interactions.jsonl"
 
 
-
-
 @app.callback()
 def _root(workspace: Optional[Path] = typer.Option(
         None, "--workspace", "-w", help="Workspace folder (default ./.selftrain or $SELFTRAIN_WORKSPACE).")):
@@ -290,7 +288,8 @@ def _print_report(report) -> None:
         if report.rl:
             done = report.rl.get("metrics") or {}
             table.add_row(f"RL ({report.rl['method']})", report.rl.get("skipped") or ", ".join(
-                f"{k.replace('_', ' ')} {_num(v)}" for k, v in done.items() if isinstance(v, (int, float))))
+                f"{k.replace('_', ' ')} {v if isinstance(v, int) else _num(v)}"
+                for k, v in done.items() if isinstance(v, (int, float)) and not isinstance(v, bool)))
         table.add_row(f"baseline ({report.baseline_version or 'base model'})",
                       f"pass rate {_pct(report.baseline_pass_rate)} on {g['n']} problems")
         table.add_row("candidate", f"pass rate {_pct(report.candidate_pass_rate)}")

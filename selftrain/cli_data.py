@@ -34,8 +34,6 @@ _VERIFY = typer.Option(True, "--verify/--no-verify", help="Run mutants of exampl
                        "sandbox, keeping only those that pass (without it they are not made).")
 
 
-
-
 def _config(settings, synthetic: int, balance: str, cap: Optional[int]):
     from selftrain.data.pipeline import CurationConfig
     from selftrain.errors import SelftrainError

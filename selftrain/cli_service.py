@@ -28,8 +28,6 @@ jobs_app = typer.Typer(help="The job queue: submit, list, show, cancel, retry.\n
                        no_args_is_help=True)
 
 
-
-
 def _when(value, short: bool = False) -> str:
     return value.strftime("%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S") if value else "-"
 

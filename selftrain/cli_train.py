@@ -27,8 +27,6 @@ hpo_app = typer.Typer(
     no_args_is_help=True)
 
 
-
-
 def alerts(limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many, newest first."),
            kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind, e.g. loss_explosion, "
                                               "loss_plateau, nan_loss."),

@@ -35,7 +35,8 @@ def feedback_for(db, method: str) -> tuple[list, list]:
 
 
 def shortfall(method: str, pairs: list, tasks: list, min_pairs: int) -> str | None:
-    """Why there is not enough feedback to train `method`, or None."""
+    """Why there is not enough feedback to train `method`, or None (the method itself is
+    checked where it is chosen: the job payload in scheduler.py, the setting in config.py)."""
     if method == "dpo" and len(pairs) < min_pairs:
         return f"DPO needs at least {min_pairs} preference pairs with different answers; there are {len(pairs)}."
     if method == "ppo" and not tasks:

@@ -54,10 +54,10 @@ def evaluation_key(location: str, adapter: str | None, suite, **generation) -> s
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cached(cache_dir: Path | None, key: str, compute: Callable[[], SuiteResult]) -> tuple[SuiteResult, bool]:
-    """(result, whether it came from the cache). Without a cache_dir it always computes."""
-    path = cache_dir / f"{key}.json" if cache_dir else None
-    if path and path.is_file():
+def cached(cache_dir: Path, key: str, compute: Callable[[], SuiteResult]) -> tuple[SuiteResult, bool]:
+    """(result, whether it came from the cache)."""
+    path = cache_dir / f"{key}.json"
+    if path.is_file():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return SuiteResult(items=tuple(ItemResult(**item) for item in data["items"]), suite=data["suite"],
@@ -65,14 +65,13 @@ def cached(cache_dir: Path | None, key: str, compute: Callable[[], SuiteResult])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable or from an older layout: evaluate again and overwrite it
     result = compute()
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"items": [asdict(i) for i in result.items], "suite": result.suite,
-                                   "prompt_style": result.prompt_style, "temperature": result.temperature}),
-                       encoding="utf-8")
-        os.replace(tmp, path)
-        _prune(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"items": [asdict(i) for i in result.items], "suite": result.suite,
+                               "prompt_style": result.prompt_style, "temperature": result.temperature}),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+    _prune(cache_dir)
     return result, False
 
 
