@@ -4,6 +4,10 @@ and each of our speed levers on its own.
     python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--naive-steps N]
                         [--threads N] [--rounds N] [--levers] [--json bench/out/sft.json]
 
+Without --model the built-in SmolLM2-135M-Instruct is converted once into --workspace
+(default /tmp/selftrain-bench); without --snapshot the data are the reference solutions of
+the bundled Acme corpus's training tasks (what the simulation's users correct answers to).
+
 - naive: the spec's `fine_tune_with_lora` — transformers `Trainer`, fp32 weights, every
   example padded to 512 tokens (`padding="max_length"`), LoRA dropout 0.1, batch 2, the
   loss on every token (DataCollatorForLanguageModeling). A few steps only.
@@ -45,8 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_MODEL = "/tmp/demo-ws/models/smollm2-135m-instruct"
-DEFAULT_SNAPSHOT_DIR = "/tmp/demo-ws/artifacts/datasets"
+DEFAULT_WORKSPACE = "/tmp/selftrain-bench"
 TARGET_RATIO, TARGET_MFU, TARGET_MEMORY_GB = 10.0, 0.35, 4.0
 WARMUP_STEPS = 2  # steps not timed in every variant
 NAIVE = "naive (spec: Trainer, fp32, pad to 512)"
@@ -110,7 +113,12 @@ def flops_per_token(shape: dict, lengths: list[int], loss_positions: list[int], 
 
 def load_examples(snapshot: str, n: int):
     from selftrain.data.curate import read_snapshot
+    from selftrain.data.example import Example
+    from selftrain.simulate import ACME_TASKS, load_tasks
 
+    if not snapshot:
+        train = [t for t in load_tasks(ACME_TASKS) if t.split == "train"]
+        return [Example(None, t.prompt, t.reference, "", t.convention, "corrected", ref=t.task_id) for t in train][:n]
     path = Path(snapshot)
     if path.is_dir():
         path = sorted(path.glob("*.jsonl"))[0]
@@ -234,8 +242,9 @@ def spawn(args, variant: str, overrides: dict | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--snapshot", default=DEFAULT_SNAPSHOT_DIR)
+    parser.add_argument("--model", default="", help="a model folder (default: the built-in, converted)")
+    parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where the built-in model is converted")
+    parser.add_argument("--snapshot", default="", help="a dataset snapshot file or folder (default: Acme references)")
     parser.add_argument("--examples", type=int, default=42, help="examples of the snapshot used by every variant")
     parser.add_argument("--naive-steps", type=int, default=3, help="timed steps of the naive recipe")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -250,6 +259,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    if not args.model:
+        from selftrain.config import load_settings
+        from selftrain.models.base import resolve_base_model
+
+        settings = load_settings(args.workspace)
+        args.model = resolve_base_model(settings.base_model, settings.model_cache_dir)
 
     started = time.time()
     load_before = os.getloadavg()

@@ -41,7 +41,7 @@ def _config(settings, synthetic: int, balance: str, cap: Optional[int]):
     if balance not in ("smallest", "none"):
         raise SelftrainError(f"--balance must be 'smallest' or 'none', got {balance!r}.")
     return CurationConfig.from_settings(settings, synthetic_per_example=synthetic, balance=balance,
-                                        category_cap=cap, workers=2)
+                                        category_cap=cap)
 
 
 def _verifier(settings, enabled: bool):

@@ -86,6 +86,9 @@ class Settings:
     curation_min_coherence: float = _f(
         0.3, "Minimum semantic-coherence factor (does the code answer the prompt?) in [0, 1], "
         "applied besides the overall quality threshold.", "curation")
+    curation_workers: int = _f(
+        0, "Processes for curation's per-example work (scrubbing, parsing, scoring); 0 = one per "
+        "CPU core. Under 200 distinct examples it always runs in one process.", "curation")
 
     # --- serve ---
     serve_batch_size: int = _f(8, "Most requests the server generates together in one batch.", "serve")
@@ -261,6 +264,7 @@ def validate(s: Settings) -> None:
         (0 <= s.curation_min_coherence <= 1, "curation_min_coherence", "a number in [0, 1]"),
         (s.curation_synthetic_per_example >= 0, "curation_synthetic_per_example", "an integer ≥ 0"),
         (s.curation_category_cap >= 0, "curation_category_cap", "an integer ≥ 0 (0 = no cap)"),
+        (s.curation_workers >= 0, "curation_workers", "an integer ≥ 0 (0 = one per CPU core)"),
         (s.carry_over_cycles >= 0, "carry_over_cycles", "an integer ≥ 0 (0 = never)"),
         (s.cycle_rl in ("none", "dpo", "ppo"), "cycle_rl", "'none', 'dpo' or 'ppo'"),
         (s.rl_min_pairs >= 2, "rl_min_pairs", "an integer ≥ 2"),

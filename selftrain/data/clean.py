@@ -17,7 +17,10 @@ others instead of all of them.
 
 from __future__ import annotations
 
+import array
+import functools
 import hashlib
+import random
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -29,7 +32,7 @@ NEAR_CODE_JACCARD = 0.8
 NEAR_PROMPT_JACCARD = 0.5
 SHINGLE = 5
 _BANDS, _ROWS = 8, 4
-_PRIME = 4294967311  # the prime after 2**32: a·x + b with a, b, x < 2**32 fits in uint64
+_MASK = 0xFFFFFFFF
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"[a-z0-9_]+")
 
@@ -91,8 +94,10 @@ class Exclusions:
             return "code equals a reference solution"
         if self._grams:
             hits: Counter = Counter()
+            grams = self._grams
             for gram in _ngrams(_WORD.findall(prompt), self.ngram_size):
-                hits.update(self._grams.get(gram, ()))
+                if gram in grams:
+                    hits.update(grams[gram])
             if any(n * 2 >= self._sizes[i] for i, n in hits.items()):
                 return "prompt shares most of a suite prompt's 6-grams"
         return None
@@ -104,66 +109,129 @@ def exact_key(c: Candidate) -> str:
     return hashlib.blake2b(f"{normalize(c.prompt)}\x00{normalize(c.code)}".encode(), digest_size=16).hexdigest()
 
 
-def _shingles(code: str) -> set[int]:
-    tokens = _TOKEN.findall(code)
-    if len(tokens) < SHINGLE:
-        return {zlib.crc32(" ".join(tokens).encode())}
-    return {zlib.crc32(" ".join(tokens[i:i + SHINGLE]).encode()) for i in range(len(tokens) - SHINGLE + 1)}
+@functools.lru_cache(maxsize=1 << 16)
+def _token_id(token: str) -> int:
+    return zlib.crc32(token.encode())
 
 
-def _minhash(shingles: set[int], seeds) -> list[int]:
+def _shingles(code: str) -> frozenset[int]:
+    """Hashes of the code's token 5-grams: each token hashed once (crc32, the same in every
+    process), each 5-gram as the hash of its tuple of token hashes (also process-independent:
+    only str hashes are salted)."""
+    ids = list(map(_token_id, _TOKEN.findall(code)))
+    if len(ids) < SHINGLE:
+        return frozenset((hash(tuple(ids)),))
+    return frozenset(map(hash, zip(*(ids[i:] for i in range(SHINGLE)))))
+
+
+def _minhash(shingle_sets: list[frozenset[int]]) -> list[bytes]:
+    """The MinHash signature of each set (32 uint32 values, as bytes), vectorised over
+    blocks of sets. Hash function i is x ↦ (aᵢ·x + bᵢ mod 2⁶⁴) >> 32 over the shingle's low
+    32 bits (multiply-shift: universal, and no integer division)."""
     import numpy as np
 
-    a, b = seeds
-    x = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
-    return ((a[:, None] * x[None, :] + b[:, None]) % np.uint64(_PRIME)).min(axis=1).tolist()
+    a, b = _seeds()
+    out: list[bytes] = []
+    for first in range(0, len(shingle_sets), 64):  # blocks of sets: [32 × shingles] stays in cache
+        block = shingle_sets[first:first + 64]
+        sizes = [len(s) for s in block]
+        x = np.fromiter((h for s in block for h in s), dtype=np.int64, count=sum(sizes))
+        x = x.view(np.uint64) & np.uint64(_MASK)
+        hashed = (a[:, None] * x[None, :] + b[:, None]) >> np.uint64(32)  # multiply-shift hashing
+        mins = np.minimum.reduceat(hashed, np.cumsum([0] + sizes[:-1]), axis=1).T.astype(np.uint32)
+        out += [row.tobytes() for row in mins]
+    return out
 
 
-def _jaccard(x: set, y: set) -> float:
-    return len(x & y) / len(x | y) if x or y else 1.0
+def _similar(x: frozenset, y: frozenset, threshold: float) -> bool:
+    """Jaccard(x, y) ≥ threshold; sets whose sizes alone rule it out (J ≤ min/max size)
+    are not intersected."""
+    small, large = sorted((len(x), len(y)))
+    if not large:
+        return True
+    if small < threshold * large:
+        return False
+    both = len(x & y)
+    return both >= threshold * (small + large - both)
+
+
+@functools.cache
+def _seeds():
+    import numpy as np
+
+    rng = random.Random(0x5E1F)  # fixed, so the same data always dedupes the same way
+    n = _BANDS * _ROWS
+    return (np.array([rng.randrange(1, 1 << 64) | 1 for _ in range(n)], dtype=np.uint64),  # odd multipliers
+            np.array([rng.randrange(0, 1 << 64) for _ in range(n)], dtype=np.uint64))
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """What near-duplicate search needs of one candidate, computed once (in a curation
+    worker process when there are several) and compact to send back: code shingles (int64
+    array bytes), prompt words, MinHash signature (uint32 array bytes)."""
+
+    shingles: bytes
+    words: frozenset[str]
+    signature: bytes
+
+    def shingle_set(self) -> frozenset[int]:
+        return frozenset(array.array("q", self.shingles))
+
+    def bands(self) -> list[tuple[int, bytes]]:
+        width = 4 * _ROWS
+        return [(band, self.signature[band * width:(band + 1) * width]) for band in range(_BANDS)]
+
+
+def sketches(cands: list[Candidate]) -> list[Sketch]:
+    """`Sketch` of each candidate (MinHash computed for all of them at once)."""
+    shingle_sets = [_shingles(c.code) for c in cands]
+    signatures = _minhash(shingle_sets) if cands else []
+    return [Sketch(array.array("q", shingles).tobytes(), frozenset(_WORD.findall(c.prompt.lower())), sig)
+            for c, shingles, sig in zip(cands, shingle_sets, signatures)]
 
 
 class NearDuplicateIndex:
     """Examples seen so far; `match(c)` returns the ref of a near-duplicate of `c`, or None."""
 
     def __init__(self):
-        import random
-
-        import numpy as np
-
-        rng = random.Random(0x5E1F)  # fixed, so the same data always dedupes the same way
-        n = _BANDS * _ROWS
-        self._seeds = (np.array([rng.randrange(1, 1 << 32) for _ in range(n)], dtype=np.uint64),
-                       np.array([rng.randrange(0, 1 << 32) for _ in range(n)], dtype=np.uint64))
         self._fingerprints: list[str] = []
         self._bands: dict[tuple, list[int]] = defaultdict(list)
         self._by_fingerprint: dict[str, list[int]] = defaultdict(list)
-        self._items: list[tuple[str, str, set[int], set[str]]] = []  # (ref, family, shingles, prompt words)
+        self._items: list[tuple[str, str, Sketch]] = []  # (ref, family, sketch)
+        self._sets: dict[int, frozenset[int]] = {}  # shingle sets, made when first compared
 
     @staticmethod
     def family(c: Candidate) -> str:
         return c.origin or c.ref
 
-    def match(self, c: Candidate) -> str | None:
-        shingles = _shingles(c.code)
-        words = set(_WORD.findall(c.prompt.lower()))
+    def _shingle_set(self, i: int) -> frozenset[int]:
+        found = self._sets.get(i)
+        if found is None:
+            found = self._sets[i] = self._items[i][2].shingle_set()
+        return found
+
+    def match(self, c: Candidate, sketched: Sketch | None = None) -> str | None:
+        """`sketched`: `sketches([c])[0]`, when it was computed already."""
+        sk = sketched or sketches([c])[0]
         family = self.family(c)
-        signature = _minhash(shingles, self._seeds)
-        keys = [(band, tuple(signature[band * _ROWS:(band + 1) * _ROWS])) for band in range(_BANDS)]
+        bands = sk.bands()
         candidates = set(self._by_fingerprint.get(c.fingerprint, ())) if c.fingerprint else set()
-        for key in keys:
+        for key in bands:
             candidates.update(self._bands.get(key, ()))
+        index = len(self._items)
+        self._items.append((c.ref, family, sk))
         for i in sorted(candidates):
-            ref, other_family, other_shingles, other_words = self._items[i]
-            if other_family == family or _jaccard(words, other_words) < NEAR_PROMPT_JACCARD:
+            ref, other_family, other = self._items[i]
+            if other_family == family or not _similar(sk.words, other.words, NEAR_PROMPT_JACCARD):
                 continue
             if (c.fingerprint and c.fingerprint == self._fingerprints[i]) or \
-                    _jaccard(shingles, other_shingles) >= NEAR_CODE_JACCARD:
+                    _similar(self._shingle_set(index), self._shingle_set(i), NEAR_CODE_JACCARD):
+                self._items.pop()
+                self._sets.pop(index, None)
                 return ref
-        index = len(self._items)
-        self._items.append((c.ref, family, shingles, words))
         self._fingerprints.append(c.fingerprint)
-        for key in keys:
+        for key in bands:
             self._bands[key].append(index)
         if c.fingerprint:
             self._by_fingerprint[c.fingerprint].append(index)
@@ -188,12 +256,14 @@ _CATEGORY_KEYWORDS = {
     "lists": (r"\b(append|extend|zip|enumerate|sorted)\b|\[\s*\]", r"\b(lists?|arrays?|elements?|items?|chunks?|pairs?|flatten|rotate|window)\b"),
     "strings": (r"\b(join|upper|lower|strip|replace|isalpha)\b", r"\b(strings?|text|words?|characters?|substrings?|letters?|vowels?|case|palindrome|sentence)\b"),
 }
-_CATEGORY_RULES = {name: (re.compile(code, re.M), re.compile(prompt, re.I))
+# Prompt patterns are lower-case and matched against the lower-cased prompt (twice as fast as re.I).
+_CATEGORY_RULES = {name: (re.compile(code, re.M), re.compile(prompt))
                    for name, (code, prompt) in _CATEGORY_KEYWORDS.items()}
 
 
 def categorize(prompt: str, code: str) -> str:
     """A task category for an example that arrived without one."""
+    prompt = prompt.lower()
     votes = {name: 3 * len(p.findall(prompt)) + len(c.findall(code)) for name, (c, p) in _CATEGORY_RULES.items()}
     best = max(votes.values())
     return next(name for name, v in votes.items() if v == best) if best else "general"

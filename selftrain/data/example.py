@@ -73,7 +73,8 @@ class Drop:
 
 
 def normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
+    """Whitespace runs folded to one space, ends stripped, lower case."""
+    return " ".join(text.split()).lower()
 
 
 def render_text(prompt: str, code: str, explanation: str) -> str:

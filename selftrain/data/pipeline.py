@@ -13,11 +13,15 @@ final set is balanced.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 
-from selftrain.data.clean import Exclusions, NearDuplicateIndex, balance, categorize, exact_key
+from selftrain.data.clean import Exclusions, NearDuplicateIndex, Sketch, balance, categorize, exact_key, sketches
 from selftrain.data.curate import Curation
 from selftrain.data.example import MAX_CHARS, MIN_CHARS, Candidate, Drop, formatted_length
 from selftrain.data.quality import Embedder, analyze_code, score_quality
@@ -62,17 +66,21 @@ class CurationConfig:
     @classmethod
     def from_settings(cls, settings, **overrides) -> CurationConfig:
         values = {"quality_threshold": settings.quality_threshold, "seed": settings.seed}
-        for name in ("synthetic_per_example", "balance", "balance_floor", "category_cap", "min_coherence"):
+        for name in ("synthetic_per_example", "balance", "balance_floor", "category_cap", "min_coherence", "workers"):
             if hasattr(settings, "curation_" + name):  # optional settings (curation_category_cap 0 = none)
                 values[name] = getattr(settings, "curation_" + name)
         if values.get("category_cap") == 0:
             values["category_cap"] = None
+        if values.get("workers") == 0:
+            values["workers"] = os.cpu_count() or 1
         return cls(**{**values, **overrides})
 
 
 @dataclass
 class Prepared:
-    """The per-example work, done in one pass (and in worker processes when asked)."""
+    """The per-example work, done in one pass (and in worker processes when asked): every
+    decision that needs only the example itself is taken here; the stages that compare
+    examples with each other (duplicates, balance) run in order in the main process."""
 
     fields: dict
     secrets: list[str]
@@ -81,30 +89,64 @@ class Prepared:
     parsed: bool
     quality: dict = field(default_factory=dict)
     score: float = 0.0
+    length: int = 0  # characters in the spec's instruction layout
+    overlap: str | None = None  # why it overlaps an evaluation suite, if it does
+    exact: str = ""  # exact-duplicate key
+    sketch: Sketch | None = None  # for near-duplicate search
 
 
-def prepare(c: Candidate, embed: Embedder | None = None) -> Prepared:
-    fields, findings = scrub_fields({"prompt": c.prompt, "code": c.code, "explanation": c.explanation,
-                                     "tests": c.tests})
-    facts = analyze_code(fields["code"])
-    quality = score_quality(fields["prompt"], fields["code"], fields["explanation"] or "",
-                            c.entry_point, facts=facts, embed=embed)
-    return Prepared(fields, [f.kind for f in findings],
-                    c.category or categorize(fields["prompt"], fields["code"]), facts.fingerprint,
-                    facts.parsed, quality.to_json(), quality.score)
+def prepare(cands: list[Candidate], embed: Embedder | None = None, exclusions: Exclusions | None = None,
+            near: bool = True) -> list[Prepared]:
+    out, scrubbed = [], []
+    for c in cands:
+        fields, findings = scrub_fields({"prompt": c.prompt, "code": c.code, "explanation": c.explanation,
+                                         "tests": c.tests})
+        facts = analyze_code(fields["code"])
+        quality = score_quality(fields["prompt"], fields["code"], fields["explanation"] or "",
+                                c.entry_point, facts=facts, embed=embed)
+        clean = replace(c, prompt=fields["prompt"], code=fields["code"], fingerprint=facts.fingerprint)
+        scrubbed.append(clean)
+        out.append(Prepared(fields, [f.kind for f in findings],
+                            c.category or categorize(fields["prompt"], fields["code"]), facts.fingerprint,
+                            facts.parsed, quality.to_json(), quality.score,
+                            length=formatted_length(fields["prompt"], fields["code"], fields["explanation"] or ""),
+                            overlap=exclusions.reason(clean) if exclusions else None, exact=exact_key(clean)))
+    if near:
+        for p, sk in zip(out, sketches(scrubbed)):
+            p.sketch = sk
+    return out
 
 
-def _prepare_chunk(chunk: list[Candidate]) -> list[Prepared]:
-    return [prepare(c) for c in chunk]
+def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None,
+                    exclusions: Exclusions | None = None, near: bool = True) -> Iterator[Prepared]:
+    """`prepare` for each candidate, yielded in order as soon as it is ready; identical
+    candidates (a repeated request and answer) are prepared once. With several workers, in
+    that many processes, working ahead of the consumer."""
+    slot: dict[tuple, int] = {}
+    unique: list[Candidate] = []
+    order = []
+    for c in cands:
+        key = (c.prompt, c.code, c.explanation, c.tests, c.category, c.entry_point)
+        if key not in slot:
+            slot[key] = len(unique)
+            unique.append(c)
+        order.append(slot[key])
+    size = max(50, min(250, len(unique) // (workers * 8)))  # small enough that no worker idles long at the end
+    chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+    done: list[Prepared] = []
+    with ExitStack() as stack:
+        if workers <= 1 or embed is not None or len(unique) < 200:
+            parts = (prepare(chunk, embed, exclusions, near) for chunk in chunks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            parts = pool.map(functools.partial(prepare, exclusions=exclusions, near=near), chunks)
+        for i in order:
+            while len(done) <= i:
+                done += next(parts)
+            yield done[i]
 
 
-def _prepare_all(cands: list[Candidate], workers: int, embed: Embedder | None) -> list[Prepared]:
-    if workers <= 1 or embed is not None or len(cands) < 200:
-        return [prepare(c, embed) for c in cands]
-    size = max(50, len(cands) // (workers * 4))
-    chunks = [cands[i:i + size] for i in range(0, len(cands), size)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return [p for part in pool.map(_prepare_chunk, chunks) for p in part]
+_IN_ORDER = ("length", "overlap", "quality", "dedupe")  # stages each example meets in turn
 
 
 class _Stages:
@@ -138,65 +180,56 @@ def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int 
         result.dropped[d.reason] += 1
     log.done("collect", n_input, len(candidates))
 
-    # Scrub, parse and score every candidate in one pass (the decisions follow, in stage order).
-    prepared = _prepare_all(candidates, config.workers, embed)
-    for c, p in zip(candidates, prepared):
+    # The per-example work (scrub, parse, score, suite overlap, sketches) runs ahead, in
+    # worker processes when config.workers > 1, while here each example meets the stages
+    # in order as its results arrive: the in-order stages (duplicates above all) overlap the
+    # workers. A stage's seconds are this process's time in it; "scrub + score" is the time
+    # spent preparing (one process) or waiting for the workers.
+    flow = {name: [0, 0, 0.0] for name in ("scrub + score", *_IN_ORDER)}  # in, out, seconds
+    seen: set[str] = set()
+    index = NearDuplicateIndex() if config.near_duplicates else None
+    kept = []
+    scores = []
+    clock = time.perf_counter()
+    for c, p in zip(candidates, _prepare_stream(candidates, config.workers, embed, exclusions,
+                                                config.near_duplicates)):
         c.prompt, c.code, c.explanation, c.tests = (p.fields["prompt"], p.fields["code"],
                                                     p.fields["explanation"] or "", p.fields["tests"])
         c.category, c.fingerprint, c.quality, c.factors = p.category, p.fingerprint, p.score, p.quality
         result.secrets.update(p.secrets)
-    log.done("scrub + score", len(candidates), len(candidates), secrets=sum(result.secrets.values()))
-
-    pool = list(zip(candidates, prepared))
-    kept = []
-    for c, p in pool:
-        if config.min_chars <= formatted_length(c.prompt, c.code, c.explanation) <= config.max_chars:
-            kept.append((c, p))
-        else:
-            log.drop(c, "length", "length")
-    log.done("length", len(pool), len(kept))
-
-    pool, kept = kept, []
-    for c, p in pool:
-        reason = exclusions.reason(c) if exclusions else None
-        if reason:
-            log.drop(c, "overlap", "overlaps evaluation suite", reason)
-        else:
-            kept.append((c, p))
-    log.done("overlap", len(pool), len(kept))
-
-    pool, kept = kept, []
-    for c, p in pool:
-        reason = _quality_reason(p, config)
-        if reason:
-            log.drop(c, "quality", reason, f"score {p.score:.3f}")
+        scores.append(p.score)
+        now = time.perf_counter()
+        flow["scrub + score"][2] += now - clock
+        for name in _IN_ORDER:
+            flow[name][0] += 1
+            dropped = _verdict(name, c, p, config, seen, index)
+            clock = time.perf_counter()
+            flow[name][2] += clock - now
+            now = clock
+            if dropped:
+                log.drop(c, name, *dropped)
+                break
+            flow[name][1] += 1
         else:
             kept.append(c)
-    log.done("quality", len(pool), len(kept))
-
-    seen: set[str] = set()
-    index = NearDuplicateIndex() if config.near_duplicates else None
-    pool, kept = kept, []
-    for c in pool:
-        reason = _duplicate_of(c, seen, index)
-        if reason:
-            log.drop(c, "dedupe", *reason)
-        else:
-            kept.append(c)
-    log.done("dedupe", len(pool), len(kept))
+    flow["scrub + score"][:2] = [len(candidates), len(candidates)]
+    for name, (n_in, n_out, seconds) in flow.items():
+        extra = {"secrets": sum(result.secrets.values())} if name == "scrub + score" else {}
+        result.stages.append({"stage": name, "in": n_in, "out": n_out, "seconds": round(seconds, 4), **extra})
+    log.clock = time.perf_counter()
 
     mutants, rejected = synthesize(kept, per_example=config.synthetic_per_example, seed=config.seed,
                                    verify=verify, workers=config.verify_workers, mutations=config.mutations,
                                    processes=config.workers)
     added = []
-    for m, p in zip(mutants, _prepare_all(mutants, config.workers, embed)):  # scores each mutant
+    for m, p in zip(mutants, _prepare_stream(mutants, config.workers, embed, near=config.near_duplicates)):
         m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
-        if not config.min_chars <= formatted_length(m.prompt, m.code, m.explanation) <= config.max_chars:
+        if not config.min_chars <= p.length <= config.max_chars:
             reason = ("length", "")
         elif q := _quality_reason(p, config):
             reason = (q, f"score {p.score:.3f}")
         else:
-            reason = _duplicate_of(m, seen, index)
+            reason = _duplicate_of(m, p, seen, index)
         if reason:
             rejected[reason[0]] += 1
             result.drops.append(Drop(m.ref, "synthesize", *reason))
@@ -213,8 +246,21 @@ def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int 
     log.done("balance", len(pool), len(kept))
 
     result.examples = [c.to_example() for c in kept]
-    result.scores = [p.score for p in prepared]
+    result.scores = scores
     return result
+
+
+def _verdict(stage: str, c: Candidate, p: Prepared, config: CurationConfig, seen: set[str],
+             index: NearDuplicateIndex | None) -> tuple[str, str] | None:
+    """(reason, detail) when `stage` drops the example, else None."""
+    if stage == "length":
+        return None if config.min_chars <= p.length <= config.max_chars else ("length", "")
+    if stage == "overlap":
+        return ("overlaps evaluation suite", p.overlap) if p.overlap else None
+    if stage == "quality":
+        reason = _quality_reason(p, config)
+        return (reason, f"score {p.score:.3f}") if reason else None
+    return _duplicate_of(c, p, seen, index)
 
 
 def _quality_reason(p: Prepared, config: CurationConfig) -> str | None:
@@ -227,12 +273,11 @@ def _quality_reason(p: Prepared, config: CurationConfig) -> str | None:
     return None
 
 
-def _duplicate_of(c: Candidate, seen: set[str], index: NearDuplicateIndex | None) -> tuple[str, str] | None:
-    key = exact_key(c)
-    if key in seen:
+def _duplicate_of(c: Candidate, p: Prepared, seen: set[str], index: NearDuplicateIndex | None) -> tuple[str, str] | None:
+    if p.exact in seen:
         return "duplicate", ""
-    seen.add(key)
-    if index is not None and (twin := index.match(c)):
+    seen.add(p.exact)
+    if index is not None and (twin := index.match(c, p.sketch)):
         return "near duplicate", f"of {twin}"
     return None
 

@@ -70,6 +70,17 @@ _LOOPS = {ast.For, ast.AsyncFor, ast.While}
 _COUNTED_STATEMENTS = {k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.stmt)} - {
     ast.Pass, ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
 
+# What the walk in `analyze_code` needs to know of each node class, as bit flags (one dict
+# lookup per node instead of a membership test per set).
+_DEF, _DECISION, _LOOP, _COUNTED, _BLOCK, _SPECIAL, _HAS_FIELDS = (1 << i for i in range(7))
+_NODE_INFO = {
+    kind: ((_DEF if kind in _DEFS else 0) | (_DECISION if kind in _DECISIONS else 0)
+           | (_LOOP if kind in _LOOPS else 0) | (_COUNTED if kind in _COUNTED_STATEMENTS else 0)
+           | (_BLOCK if kind in _BLOCKS else 0) | (_HAS_FIELDS if kind._fields else 0)
+           | (_SPECIAL if kind in _DECISIONS or kind in (ast.Name, ast.Attribute, ast.Constant, ast.arg,
+                                                         ast.BoolOp, ast.comprehension) else 0))
+    for kind in (k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.AST))}
+
 
 def _docstring_node(body: list) -> bool:
     return bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -102,8 +113,10 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
     # most expensive step of curation after parsing. Children are visited in reverse
     # field order, the same for equal trees, so the fingerprint is still deterministic.
     stack = [(tree, 0, 0, False)]
+    pop, push, add = stack.pop, stack.append, shape.append
+    info = _NODE_INFO
     while stack:
-        node, scope, depth, inside_def = stack.pop()
+        node, scope, depth, inside_def = pop()
         for field_name in node._fields:
             value = getattr(node, field_name, None)
             if value.__class__ is list:
@@ -113,16 +126,17 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
             else:
                 continue
             for child in children:
-                if not isinstance(child, ast.AST):
-                    continue
                 kind = child.__class__
+                flags = info.get(kind)
+                if flags is None:  # not a node: the names of `global` and `nonlocal`
+                    continue
                 if kind is ast.Expr and child.value.__class__ is ast.Constant and isinstance(child.value.value, str):
                     continue  # docstrings and bare strings do not change what code does
-                shape.append(kind.__name__)
-                if kind in _DEFS:
+                add(kind.__name__)
+                if flags & _DEF:
                     name = child.name
                     (facts.nested if inside_def else facts.top_level).add(name)
-                    shape.append("n%d" % names.setdefault(name, len(names)))
+                    add("n%d" % names.setdefault(name, len(names)))
                     public = not name.startswith("_") or name == "__init__"
                     if public:
                         facts.public_defs += 1
@@ -139,31 +153,32 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
                         facts.longest_function = max(facts.longest_function,
                                                      (child.end_lineno or child.lineno) - child.lineno + 1)
                     complexity.append(1)
-                    stack.append((child, len(complexity) - 1, 0, True))
+                    push((child, len(complexity) - 1, 0, True))
                     continue
-                if kind in _DECISIONS:
-                    complexity[scope] += 1
-                    if kind in _LOOPS and child.orelse:
+                if flags & _SPECIAL:
+                    if flags & _DECISION:
                         complexity[scope] += 1
-                elif kind is ast.Name:
-                    shape.append("n%d" % names.setdefault(child.id, len(names)))
-                elif kind is ast.Attribute:
-                    shape.append(child.attr)
-                elif kind is ast.Constant:
-                    shape.append(repr(child.value)[:40])
-                elif kind is ast.arg:
-                    shape.append("n%d" % names.setdefault(child.arg, len(names)))
-                elif kind is ast.BoolOp:
-                    complexity[scope] += len(child.values) - 1
-                elif kind is ast.comprehension:
-                    complexity[scope] += 1 + len(child.ifs)
-                if kind in _COUNTED_STATEMENTS:
+                        if flags & _LOOP and child.orelse:
+                            complexity[scope] += 1
+                    elif kind is ast.Name:
+                        add("n%d" % names.setdefault(child.id, len(names)))
+                    elif kind is ast.Attribute:
+                        add(child.attr)
+                    elif kind is ast.Constant:
+                        add(repr(child.value)[:40])
+                    elif kind is ast.arg:
+                        add("n%d" % names.setdefault(child.arg, len(names)))
+                    elif kind is ast.BoolOp:
+                        complexity[scope] += len(child.values) - 1
+                    elif kind is ast.comprehension:
+                        complexity[scope] += 1 + len(child.ifs)
+                if flags & _COUNTED:
                     facts.statements += 1
-                if kind in _BLOCKS:
+                if flags & _BLOCK:
                     facts.max_depth = max(facts.max_depth, depth + 1)
-                    stack.append((child, scope, depth + 1, inside_def))
-                else:
-                    stack.append((child, scope, depth, inside_def))
+                    push((child, scope, depth + 1, inside_def))
+                elif flags & _HAS_FIELDS:  # leaves (Load, Store, operators) have nothing to visit
+                    push((child, scope, depth, inside_def))
     facts.max_complexity = max(complexity)
     facts.fingerprint = hashlib.blake2b(" ".join(shape).encode(), digest_size=16).hexdigest()
     return facts
@@ -193,9 +208,17 @@ def _stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _term(token: str) -> str | None:
+    word = token.lower()
+    return _stem(word) if len(word) >= 3 and word not in _STOP else None
+
+
 def terms(text: str) -> set[str]:
     """Content words of prose or code: identifiers split at '_' and case changes, stemmed."""
-    return {_stem(w) for w in (t.lower() for t in _TERM.findall(text)) if len(w) >= 3 and w not in _STOP}
+    found = set(map(_term, _TERM.findall(text)))
+    found.discard(None)
+    return found
 
 
 def overlap(prompt: str, code: str) -> float:

@@ -94,26 +94,23 @@ def _is_false_positive(value: str, line: str) -> bool:
 
 
 def find_secrets(text: str) -> list[tuple[int, str, str]]:
-    """(line index, secret value, kind) for every secret detect-secrets sees in `text`."""
+    """(line index, secret value, kind) for every secret detect-secrets sees in `text`.
+
+    detect-secrets scans line by line; here only the lines `might_hold_secrets` lets
+    through are scanned (every check of that gate is local to a line)."""
     plugins, keyword, keyword_gate = _detectors()
-    lines: list[str] | None = None
+    lines = text.splitlines()
     found = []
-    for plugin, gate in plugins:
-        if gate is not None and not gate.search(text):
+    for i, line in enumerate(lines):
+        if not might_hold_secrets(line):
             continue
-        if not any(True for _ in plugin.analyze_string(text)):
-            continue
-        lines = lines if lines is not None else text.splitlines()
-        for i, line in enumerate(lines):  # rare: find the lines, for the heuristics and the report
-            found += [(i, value, plugin.secret_type) for value in plugin.analyze_string(line)]
-    if keyword_gate.search(text):
-        lines = lines if lines is not None else text.splitlines()
-        for i, line in enumerate(lines):
-            if keyword_gate.search(line):
-                found += [(i, value, keyword.secret_type) for value in keyword.analyze_string(line)]
+        for plugin, gate in plugins:
+            if gate is None or gate.search(line):
+                found += [(i, value, plugin.secret_type) for value in plugin.analyze_string(line)]
+        if keyword_gate.search(line):
+            found += [(i, value, keyword.secret_type) for value in keyword.analyze_string(line)]
     if not found:
         return []
-    lines = lines if lines is not None else text.splitlines()
     # several patterns of one plugin may report the same value on the same line
     return [(i, v, kind) for i, v, kind in dict.fromkeys(found) if v and not _is_false_positive(v, lines[i])]
 
@@ -154,7 +151,7 @@ _KEY_NAMES = re.compile(r"(?:api|auth|access|service|account|db|database|priv|pr
 
 def might_hold_secrets(text: str) -> bool:
     low = text.lower()
-    if any(word in low for word in _MARKER_WORDS) or _KEY_NAMES.search(low):
+    if any(word in low for word in _MARKER_WORDS) or (("key" in low or "pass" in low) and _KEY_NAMES.search(low)):
         return True
     for m in _LONG_TOKEN.finditer(text):
         token = m.group()
@@ -173,7 +170,7 @@ def scrub_fields(fields: dict[str, str | None]) -> tuple[dict[str, str | None], 
     spans: dict[str, list[tuple[int, int]]] = {}
     shared: set[str] = set()  # values long enough to replace wherever they occur
     for name, text in fields.items():
-        if not text:
+        if not text or not might_hold_secrets(text):  # the check is per text: this one holds none
             continue
         mine = spans.setdefault(name, [])
         for start, end, kind in _pattern_spans(text):

@@ -72,3 +72,35 @@ def test_balance_down_samples_to_the_smallest_category_with_a_floor_and_a_cap():
     assert len(math) == 10 and all(k.source != "synthetic" for k in math)  # real examples go first
     assert balance(pool, mode="none") == (pool, [])
     assert balance(pool, mode="smallest", floor=0) == balance(list(pool), mode="smallest", floor=0)  # deterministic
+
+
+def test_similarity_test_is_exact_jaccard():
+    import random
+
+    from selftrain.data.clean import _similar
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        x = frozenset(rng.sample(range(40), rng.randrange(0, 30)))
+        y = frozenset(rng.sample(range(40), rng.randrange(0, 30)))
+        for threshold in (0.5, 0.8):
+            jaccard = len(x & y) / len(x | y) if x | y else 1.0
+            assert _similar(x, y, threshold) == (jaccard >= threshold), (sorted(x), sorted(y), threshold)
+
+
+def test_sketches_are_the_same_in_every_process():
+    """Worker processes sketch examples for the main process's index: the sketch must not
+    depend on the process's string-hash salt."""
+    import subprocess
+    import sys
+
+    from selftrain.data.clean import sketches
+
+    script = ("import sys; from selftrain.data.clean import sketches; from selftrain.data.example import Candidate; "
+              "s = sketches([Candidate(ref='a', prompt=sys.argv[1], code=sys.argv[2])])[0]; "
+              "print(s.shingles.hex(), s.signature.hex())")
+    here = sketches([cand("a")])[0]
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script, PROMPT, CODE], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()
+        assert out == [here.shingles.hex(), here.signature.hex()]

@@ -71,6 +71,15 @@ def test_synthesis_balance_and_snapshot(tmp_path):
 
 def test_parallel_workers_give_the_same_result():
     items = [item(i, accepted=True, **func(f"f{i}_add", body=f"return x + {i}")) for i in range(250)]
+    items += [item(1000 + i, accepted=True, **func(f"f{i}_add", body=f"return x + {i}"))  # repeated requests
+              for i in range(0, 250, 10)]
+    items += [item(2000, accepted=True, **func("broken", body="return x +")),
+              item(2001, accepted=True, **{**func("leaky"), "code": 'API_KEY = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"\n'
+                                                                   + func("leaky")["code"]})]
     one = curate_interactions(items, config=CurationConfig(balance="none"))
     two = curate_interactions(items, config=CurationConfig(balance="none", workers=2))
-    assert one.examples == two.examples and len(one.examples) == 250
+    assert one.examples == two.examples and len(one.examples) == 251
+    assert one.drops == two.drops and one.stats()["dropped"] == {"duplicate": 25, "syntax error": 1}
+    assert one.secrets == two.secrets and one.secrets["Stripe Access Key"] == 1
+    assert [(s["stage"], s["in"], s["out"]) for s in one.stages] == [(s["stage"], s["in"], s["out"]) for s in two.stages]
+    assert "<SECRET>" in next(e.code for e in two.examples if e.interaction_id == 2001)
