@@ -14,7 +14,9 @@ final set is balanced.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -138,7 +140,11 @@ def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None
         if workers <= 1 or embed is not None or len(unique) < 200:
             parts = (prepare(chunk, embed, exclusions, near) for chunk in chunks)
         else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            # fork is fast, but forking a process that runs other threads (the API server, a
+            # job worker) can copy a lock some thread held; such a process starts its workers
+            # from a clean fork server instead.
+            context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
             parts = pool.map(functools.partial(prepare, exclusions=exclusions, near=near), chunks)
         for i in order:
             while len(done) <= i:

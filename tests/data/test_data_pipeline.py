@@ -83,3 +83,23 @@ def test_parallel_workers_give_the_same_result():
     assert one.secrets == two.secrets and one.secrets["Stripe Access Key"] == 1
     assert [(s["stage"], s["in"], s["out"]) for s in one.stages] == [(s["stage"], s["in"], s["out"]) for s in two.stages]
     assert "<SECRET>" in next(e.code for e in two.examples if e.interaction_id == 2001)
+
+
+def test_workers_start_cleanly_beside_other_threads(monkeypatch):
+    """A server or job worker runs other threads: curation's processes then come from a
+    fork server, and the result is the same."""
+    import multiprocessing
+    import threading
+
+    chosen = []
+    real = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: chosen.append(method) or real(method))
+    items = [item(i, accepted=True, **func(f"g{i}_add", body=f"return x + {i}")) for i in range(220)]
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        two = curate_interactions(items, config=CurationConfig(balance="none", workers=2))
+    finally:
+        stop.set()
+    assert len(two.examples) == 220 and chosen == ["forkserver"]
