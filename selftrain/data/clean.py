@@ -219,17 +219,20 @@ class NearDuplicateIndex:
         candidates = set(self._by_fingerprint.get(c.fingerprint, ())) if c.fingerprint else set()
         for key in bands:
             candidates.update(self._bands.get(key, ()))
-        index = len(self._items)
-        self._items.append((c.ref, family, sk))
+        mine = None  # this candidate's shingle set, made if a comparison needs it
         for i in sorted(candidates):
             ref, other_family, other = self._items[i]
             if other_family == family or not _similar(sk.words, other.words, NEAR_PROMPT_JACCARD):
                 continue
-            if (c.fingerprint and c.fingerprint == self._fingerprints[i]) or \
-                    _similar(self._shingle_set(index), self._shingle_set(i), NEAR_CODE_JACCARD):
-                self._items.pop()
-                self._sets.pop(index, None)
+            if c.fingerprint and c.fingerprint == self._fingerprints[i]:
                 return ref
+            mine = mine or sk.shingle_set()
+            if _similar(mine, self._shingle_set(i), NEAR_CODE_JACCARD):
+                return ref
+        index = len(self._items)
+        self._items.append((c.ref, family, sk))
+        if mine is not None:
+            self._sets[index] = mine
         self._fingerprints.append(c.fingerprint)
         for key in bands:
             self._bands[key].append(index)

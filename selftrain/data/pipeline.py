@@ -14,12 +14,9 @@ final set is balanced.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
@@ -29,6 +26,7 @@ from selftrain.data.example import MAX_CHARS, MIN_CHARS, Candidate, Drop, format
 from selftrain.data.quality import Embedder, analyze_code, score_quality
 from selftrain.data.scrub import scrub_fields
 from selftrain.data.synthesize import MUTATIONS, Verify, synthesize
+from selftrain.data.workers import process_pool
 
 
 @dataclass
@@ -99,6 +97,9 @@ class Prepared:
 
 def prepare(cands: list[Candidate], embed: Embedder | None = None, exclusions: Exclusions | None = None,
             near: bool = True) -> list[Prepared]:
+    """Everything that needs only the example itself, for each of `cands`: scrubbed fields,
+    code facts and quality, category, length, suite overlap, exact-duplicate key and (with
+    `near`) the near-duplicate sketch."""
     out, scrubbed = [], []
     for c in cands:
         fields, findings = scrub_fields({"prompt": c.prompt, "code": c.code, "explanation": c.explanation,
@@ -106,13 +107,13 @@ def prepare(cands: list[Candidate], embed: Embedder | None = None, exclusions: E
         facts = analyze_code(fields["code"])
         quality = score_quality(fields["prompt"], fields["code"], fields["explanation"] or "",
                                 c.entry_point, facts=facts, embed=embed)
-        clean = replace(c, prompt=fields["prompt"], code=fields["code"], fingerprint=facts.fingerprint)
-        scrubbed.append(clean)
+        final = replace(c, prompt=fields["prompt"], code=fields["code"], fingerprint=facts.fingerprint)
+        scrubbed.append(final)
         out.append(Prepared(fields, [f.kind for f in findings],
                             c.category or categorize(fields["prompt"], fields["code"]), facts.fingerprint,
                             facts.parsed, quality.to_json(), quality.score,
                             length=formatted_length(fields["prompt"], fields["code"], fields["explanation"] or ""),
-                            overlap=exclusions.reason(clean) if exclusions else None, exact=exact_key(clean)))
+                            overlap=exclusions.reason(final) if exclusions else None, exact=exact_key(final)))
     if near:
         for p, sk in zip(out, sketches(scrubbed)):
             p.sketch = sk
@@ -140,11 +141,7 @@ def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None
         if workers <= 1 or embed is not None or len(unique) < 200:
             parts = (prepare(chunk, embed, exclusions, near) for chunk in chunks)
         else:
-            # fork is fast, but forking a process that runs other threads (the API server, a
-            # job worker) can copy a lock some thread held; such a process starts its workers
-            # from a clean fork server instead.
-            context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, mp_context=context))
+            pool = stack.enter_context(process_pool(workers))
             parts = pool.map(functools.partial(prepare, exclusions=exclusions, near=near), chunks)
         for i in order:
             while len(done) <= i:

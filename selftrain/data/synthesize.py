@@ -251,11 +251,11 @@ def synthesize(candidates: list[Candidate], *, per_example: int = 1, seed: int =
             continue
         todo.append(c)
     if processes > 1 and len(todo) >= 200:
-        from concurrent.futures import ProcessPoolExecutor
+        from selftrain.data.workers import process_pool
 
         size = max(25, len(todo) // (processes * 4))
         jobs = [(todo[i:i + size], per_example, seed, mutations) for i in range(0, len(todo), size)]
-        with ProcessPoolExecutor(max_workers=processes) as pool:
+        with process_pool(processes) as pool:
             results = [r for part in pool.map(_mutants_of_chunk, jobs) for r in part]
     else:
         results = [_mutants_of(c, per_example, seed, mutations) for c in todo]
