@@ -21,6 +21,27 @@ def identifiers(text: str | None) -> set[str]:
     return set(re.findall(r"[A-Za-z_]\w*", text or ""))
 
 
+def children(node: ast.AST) -> list[ast.AST]:
+    """`ast.iter_child_nodes(node)` as a list, in the same order, without its generators."""
+    out: list[ast.AST] = []
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if value.__class__ is list:
+            out.extend(x for x in value if isinstance(x, ast.AST))
+        elif isinstance(value, ast.AST):
+            out.append(value)
+    return out
+
+
+def walk(node: ast.AST) -> list[ast.AST]:
+    """`walk(node)` as a list (the same breadth-first order), about twice as fast:
+    mutation walks the same trees many times."""
+    nodes = [node]
+    for n in nodes:  # the list grows as it is read: breadth first
+        nodes.extend(children(n))
+    return nodes
+
+
 def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:
     """Apply (line, start col, end col, text) replacements; columns are UTF-8 byte offsets."""
     lines = code.splitlines(keepends=True)
@@ -60,9 +81,9 @@ def _replace_statements(code: str, first: ast.stmt, last: ast.stmt, new: list[as
 def _bodies(tree: ast.Module):
     """Statement lists of the module and of every function (not class bodies: odd scoping)."""
     yield tree.body, tree
-    for node in ast.walk(tree):
+    for node in walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for n in ast.walk(node):
+            for n in walk(node):
                 for name in ("body", "orelse", "finalbody"):
                     stmts = getattr(n, name, None)
                     if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt) \
@@ -71,7 +92,7 @@ def _bodies(tree: ast.Module):
 
 
 def _names(*nodes) -> set[str]:
-    return {n.id for node in nodes if node is not None for n in ast.walk(node) if isinstance(n, ast.Name)}
+    return {n.id for node in nodes if node is not None for n in walk(node) if isinstance(n, ast.Name)}
 
 
 def _returns_always(body: list[ast.stmt]) -> bool:
@@ -130,7 +151,7 @@ def vary_complexity(code: str, rng: random.Random) -> str | None:
     taken = identifiers(code)
     options = []
     for body, scope in _bodies(tree):
-        scope_names = [n for n in ast.walk(scope) if isinstance(n, ast.Name)]
+        scope_names = [n for n in walk(scope) if isinstance(n, ast.Name)]
         for i, stmt in enumerate(body):
             for new in (_collapse(code, body, i) if i + 1 < len(body) else None,
                         _expand(code, stmt, scope_names, taken), _ternary(code, stmt)):
@@ -185,7 +206,7 @@ def _expand(code: str, stmt: ast.stmt, scope_names: list[ast.Name], taken: set[s
         return None
     gen = comp.generators[0]
     loop_vars = _names(gen.target)
-    inside = {id(n) for n in ast.walk(comp)}
+    inside = {id(n) for n in walk(comp)}
     if name in _names(comp) or any(n.id in loop_vars for n in scope_names if id(n) not in inside):
         return None  # the loop variable would leak into, or clobber, a name used elsewhere
     target = ast.Name(name, ast.Load())

@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from selftrain.data.example import Candidate, normalize
-from selftrain.data.rewrites import _lines_edit, _same, identifiers, vary_complexity, vary_style  # noqa: F401
+from selftrain.data.rewrites import (_lines_edit, _same, children, identifiers, vary_complexity,  # noqa: F401
+                                     vary_style, walk)
 
 MUTATIONS = ("rename", "comments", "style", "complexity")
 Verify = Callable[[str, str], bool]
@@ -50,14 +51,14 @@ _SYNONYMS = {
 
 def _scoped_nodes(func: ast.AST):
     """Nodes of `func`'s own scope (comprehensions included), and the nested def/lambda/class nodes."""
-    own, nested, todo = [], [], list(ast.iter_child_nodes(func))
+    own, nested, todo = [], [], list(children(func))
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
             nested.append(node)
             continue
         own.append(node)
-        todo.extend(ast.iter_child_nodes(node))
+        todo.extend(children(node))
     return own, nested
 
 
@@ -65,21 +66,21 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
     """Rename some function-local variables; (new code, {old: new}) or None if none qualify."""
     tree = ast.parse(code)
     taken = identifiers(code) | _RESERVED | set(protected)
-    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree)
+    imported = {(a.asname or a.name).split(".")[0] for n in walk(tree)
                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     module_level = {n.id for n in _scoped_nodes(tree)[0] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     mapping: dict[str, str] = {}
     edits, renamed_nodes = [], []
-    for func in ast.walk(tree):
+    for func in walk(tree):
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         own, nested = _scoped_nodes(func)
         if any(isinstance(n, ast.Name) and n.id in _INTROSPECTION for n in own):
             continue
-        params = {a.arg for a in ast.walk(func.args) if isinstance(a, ast.arg)}
+        params = {a.arg for a in walk(func.args) if isinstance(a, ast.arg)}
         blocked = params | imported | module_level | set(protected) | _RESERVED
         for inner in nested:  # names a nested scope binds or declares would be shadowed or shared
-            for n in ast.walk(inner):
+            for n in walk(inner):
                 if isinstance(n, ast.arg) or (isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)):
                     blocked.add(n.arg if isinstance(n, ast.arg) else n.id)
                 elif isinstance(n, (ast.Global, ast.Nonlocal)):
@@ -103,7 +104,7 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
                 new = f"{old}_{rng.choice(['v', 'val', 'tmp', 'ref'])}{rng.randint(2, 9)}"
             taken.add(new)
             mapping[f"{func.name}.{old}"] = new
-            for n in ast.walk(func):
+            for n in walk(func):
                 if isinstance(n, ast.Name) and n.id == old:
                     edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
                     renamed_nodes.append((n, new))
@@ -157,10 +158,10 @@ def add_comments(code: str, rng: random.Random, most: int = 3) -> str | None:
     tree = ast.parse(code)
     lines = code.splitlines()
     spots = []
-    for node in ast.walk(tree):
+    for node in walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        for stmt in ast.walk(node):
+        for stmt in walk(node):
             if type(stmt) not in _KEYWORDS or not (text := _describe(stmt)):
                 continue
             line = lines[stmt.lineno - 1]
