@@ -160,10 +160,14 @@ class _Stages:
         self.clock = time.perf_counter()
 
     def done(self, name: str, n_in: int, n_out: int, **extra) -> None:
+        """Record a stage that ran on its own, timed from the previous stage's end."""
         now = time.perf_counter()
-        self.curation.stages.append({"stage": name, "in": n_in, "out": n_out,
-                                     "seconds": round(now - self.clock, 4), **extra})
+        self.record(name, n_in, n_out, now - self.clock, **extra)
         self.clock = now
+
+    def record(self, name: str, n_in: int, n_out: int, seconds: float, **extra) -> None:
+        self.curation.stages.append({"stage": name, "in": n_in, "out": n_out, "seconds": round(seconds, 4), **extra})
+        self.clock = time.perf_counter()
 
     def drop(self, c: Candidate, stage: str, reason: str, detail: str = "") -> None:
         self.curation.drops.append(Drop(c.ref, stage, reason, detail))
@@ -215,11 +219,10 @@ def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int 
             flow[name][1] += 1
         else:
             kept.append(c)
-    flow["scrub + score"][:2] = [len(candidates), len(candidates)]
+    log.record("scrub + score", len(candidates), len(candidates), flow.pop("scrub + score")[2],
+               secrets=sum(result.secrets.values()))
     for name, (n_in, n_out, seconds) in flow.items():
-        extra = {"secrets": sum(result.secrets.values())} if name == "scrub + score" else {}
-        result.stages.append({"stage": name, "in": n_in, "out": n_out, "seconds": round(seconds, 4), **extra})
-    log.clock = time.perf_counter()
+        log.record(name, n_in, n_out, seconds)
 
     mutants, rejected = synthesize(kept, per_example=config.synthetic_per_example, seed=config.seed,
                                    verify=verify, workers=config.verify_workers, mutations=config.mutations,
@@ -227,12 +230,9 @@ def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int 
     added = []
     for m, p in zip(mutants, _prepare_stream(mutants, config.workers, embed, near=config.near_duplicates)):
         m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
-        if not config.min_chars <= p.length <= config.max_chars:
-            reason = ("length", "")
-        elif q := _quality_reason(p, config):
-            reason = (q, f"score {p.score:.3f}")
-        else:
-            reason = _duplicate_of(m, p, seen, index)
+        # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
+        reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
+                                    for stage in ("length", "quality", "dedupe"))), None)
         if reason:
             rejected[reason[0]] += 1
             result.drops.append(Drop(m.ref, "synthesize", *reason))

@@ -70,17 +70,6 @@ _LOOPS = {ast.For, ast.AsyncFor, ast.While}
 _COUNTED_STATEMENTS = {k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.stmt)} - {
     ast.Pass, ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
 
-# What the walk in `analyze_code` needs to know of each node class, as bit flags (one dict
-# lookup per node instead of a membership test per set).
-_DEF, _DECISION, _LOOP, _COUNTED, _BLOCK, _SPECIAL, _HAS_FIELDS = (1 << i for i in range(7))
-_NODE_INFO = {
-    kind: ((_DEF if kind in _DEFS else 0) | (_DECISION if kind in _DECISIONS else 0)
-           | (_LOOP if kind in _LOOPS else 0) | (_COUNTED if kind in _COUNTED_STATEMENTS else 0)
-           | (_BLOCK if kind in _BLOCKS else 0) | (_HAS_FIELDS if kind._fields else 0)
-           | (_SPECIAL if kind in _DECISIONS or kind in (ast.Name, ast.Attribute, ast.Constant, ast.arg,
-                                                         ast.BoolOp, ast.comprehension) else 0))
-    for kind in (k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.AST))}
-
 
 def _docstring_node(body: list) -> bool:
     return bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
@@ -113,10 +102,8 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
     # most expensive step of curation after parsing. Children are visited in reverse
     # field order, the same for equal trees, so the fingerprint is still deterministic.
     stack = [(tree, 0, 0, False)]
-    pop, push, add = stack.pop, stack.append, shape.append
-    info = _NODE_INFO
     while stack:
-        node, scope, depth, inside_def = pop()
+        node, scope, depth, inside_def = stack.pop()
         for field_name in node._fields:
             value = getattr(node, field_name, None)
             if value.__class__ is list:
@@ -126,17 +113,16 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
             else:
                 continue
             for child in children:
-                kind = child.__class__
-                flags = info.get(kind)
-                if flags is None:  # not a node: the names of `global` and `nonlocal`
+                if not isinstance(child, ast.AST):
                     continue
+                kind = child.__class__
                 if kind is ast.Expr and child.value.__class__ is ast.Constant and isinstance(child.value.value, str):
                     continue  # docstrings and bare strings do not change what code does
-                add(kind.__name__)
-                if flags & _DEF:
+                shape.append(kind.__name__)
+                if kind in _DEFS:
                     name = child.name
                     (facts.nested if inside_def else facts.top_level).add(name)
-                    add("n%d" % names.setdefault(name, len(names)))
+                    shape.append("n%d" % names.setdefault(name, len(names)))
                     public = not name.startswith("_") or name == "__init__"
                     if public:
                         facts.public_defs += 1
@@ -153,32 +139,31 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
                         facts.longest_function = max(facts.longest_function,
                                                      (child.end_lineno or child.lineno) - child.lineno + 1)
                     complexity.append(1)
-                    push((child, len(complexity) - 1, 0, True))
+                    stack.append((child, len(complexity) - 1, 0, True))
                     continue
-                if flags & _SPECIAL:
-                    if flags & _DECISION:
+                if kind in _DECISIONS:
+                    complexity[scope] += 1
+                    if kind in _LOOPS and child.orelse:
                         complexity[scope] += 1
-                        if flags & _LOOP and child.orelse:
-                            complexity[scope] += 1
-                    elif kind is ast.Name:
-                        add("n%d" % names.setdefault(child.id, len(names)))
-                    elif kind is ast.Attribute:
-                        add(child.attr)
-                    elif kind is ast.Constant:
-                        add(repr(child.value)[:40])
-                    elif kind is ast.arg:
-                        add("n%d" % names.setdefault(child.arg, len(names)))
-                    elif kind is ast.BoolOp:
-                        complexity[scope] += len(child.values) - 1
-                    elif kind is ast.comprehension:
-                        complexity[scope] += 1 + len(child.ifs)
-                if flags & _COUNTED:
+                elif kind is ast.Name:
+                    shape.append("n%d" % names.setdefault(child.id, len(names)))
+                elif kind is ast.Attribute:
+                    shape.append(child.attr)
+                elif kind is ast.Constant:
+                    shape.append(repr(child.value)[:40])
+                elif kind is ast.arg:
+                    shape.append("n%d" % names.setdefault(child.arg, len(names)))
+                elif kind is ast.BoolOp:
+                    complexity[scope] += len(child.values) - 1
+                elif kind is ast.comprehension:
+                    complexity[scope] += 1 + len(child.ifs)
+                if kind in _COUNTED_STATEMENTS:
                     facts.statements += 1
-                if flags & _BLOCK:
+                if kind in _BLOCKS:
                     facts.max_depth = max(facts.max_depth, depth + 1)
-                    push((child, scope, depth + 1, inside_def))
-                elif flags & _HAS_FIELDS:  # leaves (Load, Store, operators) have nothing to visit
-                    push((child, scope, depth, inside_def))
+                    stack.append((child, scope, depth + 1, inside_def))
+                else:
+                    stack.append((child, scope, depth, inside_def))
     facts.max_complexity = max(complexity)
     facts.fingerprint = hashlib.blake2b(" ".join(shape).encode(), digest_size=16).hexdigest()
     return facts
@@ -219,6 +204,8 @@ def terms(text: str) -> set[str]:
     found = set(map(_term, _TERM.findall(text)))
     found.discard(None)
     return found
+
+
 
 
 def overlap(prompt: str, code: str) -> float:

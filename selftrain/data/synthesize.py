@@ -51,7 +51,7 @@ _SYNONYMS = {
 
 def _scoped_nodes(func: ast.AST):
     """Nodes of `func`'s own scope (comprehensions included), and the nested def/lambda/class nodes."""
-    own, nested, todo = [], [], list(children(func))
+    own, nested, todo = [], [], children(func)
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
