@@ -27,10 +27,13 @@ def examples():
             for i, (sig, what, code) in enumerate(tasks)]
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
-def test_packed_losses_equal_unpacked_losses_on_the_real_model(builtin, dtype, tolerance):
+@pytest.mark.parametrize("dtype, rel, abs_", [("float32", 1e-3, 0.0), ("bfloat16", 5e-2, 0.03)])
+def test_packed_losses_equal_unpacked_losses_on_the_real_model(builtin, dtype, rel, abs_):
     """Exact in fp32. In bf16 the rounding differs with the matmul shapes: transformers'
-    own SDPA and eager attention disagree by up to 3% on these same examples."""
+    own SDPA and eager attention disagree by up to 3% on these same examples, and on AMX
+    (oneDNN picks its bf16 kernels by shape) the same example alone and packed differs by up
+    to 0.012 (6% of a loss of 0.18, the mean over ~10 answer tokens); so bf16 gets an
+    absolute floor too. fp32 is the check that packing keeps examples apart."""
     import torch
     import torch.nn.functional as F
 
@@ -53,7 +56,7 @@ def test_packed_losses_equal_unpacked_losses_on_the_real_model(builtin, dtype, t
         n = sum(1 for label in labels[1:] if label != -100)
         packed.append(float(token_losses[start:start + n].mean()))
         start += n
-    assert packed == pytest.approx(alone, rel=tolerance)
+    assert packed == pytest.approx(alone, rel=rel, abs=abs_)
 
 
 def test_short_run_with_checkpoints_then_merged_export(builtin, tmp_path):
