@@ -1,19 +1,22 @@
 """LoRA fine-tuning speed: the spec's naive recipe against ours, on the same data, in one run,
 and each of our speed levers on its own.
 
-    python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--naive-steps N]
-                        [--threads N] [--rounds N] [--levers] [--json bench/out/sft.json]
+    python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--answer-refs N]
+                        [--naive-steps N] [--threads N] [--rounds N] [--levers] [--json bench/out/sft.json]
 
 Without --model the built-in SmolLM2-135M-Instruct is converted once into --workspace
 (default /tmp/selftrain-bench); without --snapshot the data are the reference solutions of
-the bundled Acme corpus's training tasks (what the simulation's users correct answers to).
+the bundled Acme corpus's training tasks (what the simulation's users correct answers to);
+`--answer-refs 6` joins six references into each answer, for examples of ~410 tokens like
+real code rather than ~140.
 
 - naive: the spec's `fine_tune_with_lora` — transformers `Trainer`, fp32 weights, every
   example padded to 512 tokens (`padding="max_length"`), LoRA dropout 0.1, batch 2, the
   loss on every token (DataCollatorForLanguageModeling). A few steps only.
 - ours: `selftrain.training.sft.run` with its defaults (bf16, packing with per-example
   attention, logits at answer positions only, bf16 adapters with fp32 masters, fast
-  dropout), one epoch over the same examples.
+  dropout, the loss computed blockwise from the hidden states), one epoch over the same
+  examples.
 - with --levers: ours with one lever changed at a time, starting from the plain recipe
   (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout).
 
@@ -64,6 +67,7 @@ LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
     "+ ... + bf16 adapters, fp32 masters": {**PLAIN, "packing": True, "answer_logits_only": True,
                                             "mixed_precision": "master"},
     "+ ... + fast dropout (= ours)": {},
+    "ours, loss on whole logits (not blockwise)": {"blockwise_loss": False},
     "ours without dropout": {"lora_dropout": 0.0},
     "ours in fp32": {"dtype": "float32"},
 }
@@ -111,14 +115,15 @@ def flops_per_token(shape: dict, lengths: list[int], loss_positions: list[int], 
     return flops / total_tokens
 
 
-def load_examples(snapshot: str, n: int):
+def load_examples(snapshot: str, n: int, answer_refs: int = 1):
     from selftrain.data.curate import read_snapshot
     from selftrain.data.example import Example
     from selftrain.simulate import ACME_TASKS, load_tasks
 
     if not snapshot:
         train = [t for t in load_tasks(ACME_TASKS) if t.split == "train"]
-        return [Example(None, t.prompt, t.reference, "", t.convention, "corrected", ref=t.task_id) for t in train][:n]
+        return [Example(None, t.prompt, "\n\n\n".join(x.reference for x in train[i:i + answer_refs]), "",
+                        t.convention, "corrected", ref=t.task_id) for i, t in enumerate(train)][:n]
     path = Path(snapshot)
     if path.is_dir():
         path = sorted(path.glob("*.jsonl"))[0]
@@ -126,10 +131,13 @@ def load_examples(snapshot: str, n: int):
 
 
 def run_ours(args, overrides: dict) -> dict:
-    from selftrain.training.sft import SFTConfig, run, tokenize
     from selftrain.models.base import load_model
+    from selftrain.training import packing
+    from selftrain.training.sft import SFTConfig, run, tokenize
 
-    examples = load_examples(args.snapshot, args.examples)
+    if not overrides.pop("blockwise_loss", True):
+        packing.BLOCKWISE_LOSS_MODELS = frozenset()  # the loss from the model's logits_to_keep output
+    examples = load_examples(args.snapshot, args.examples, args.answer_refs)
     config = SFTConfig(epochs=1, eval_steps=10_000, **{"num_threads": args.threads, **overrides})
     records: list[dict] = []
     cpu: list[float] = []
@@ -162,7 +170,7 @@ def run_naive(args) -> dict:
     from selftrain.data.example import render_text
 
     torch.set_num_threads(args.threads)
-    examples = load_examples(args.snapshot, args.examples)
+    examples = load_examples(args.snapshot, args.examples, args.answer_refs)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -232,6 +240,7 @@ def spawn(args, variant: str, overrides: dict | None = None) -> dict:
         path = fh.name
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--child-json", path,
            "--model", args.model, "--snapshot", args.snapshot, "--examples", str(args.examples),
+           "--answer-refs", str(args.answer_refs),
            "--naive-steps", str(args.naive_steps), "--threads", str(args.threads),
            "--overrides", json.dumps(overrides or {})]
     subprocess.run(cmd, check=True)
@@ -246,6 +255,8 @@ def main() -> None:
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help="where the built-in model is converted")
     parser.add_argument("--snapshot", default="", help="a dataset snapshot file or folder (default: Acme references)")
     parser.add_argument("--examples", type=int, default=42, help="examples of the snapshot used by every variant")
+    parser.add_argument("--answer-refs", type=int, default=1,
+                        help="Acme references joined into each answer (longer examples)")
     parser.add_argument("--naive-steps", type=int, default=3, help="timed steps of the naive recipe")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--levers", action="store_true", help="also measure each speed lever")

@@ -14,8 +14,13 @@ keep a packed row equivalent to the separate examples:
   selected per model with `use_segment_attention`.
 
 The logits (a hidden×vocab matmul per position: 49k columns for SmolLM2) are computed
-only at answer positions through the model's `logits_to_keep` argument; the prompt
-positions would only be discarded by the loss.
+only at answer positions; the prompt positions would only be discarded by the loss. For
+the architectures in `BLOCKWISE_LOSS_MODELS` the loss goes further: it is computed from the
+decoder's hidden states a block of positions at a time (`blockwise_cross_entropy`), so the
+[answer positions × vocabulary] fp32 logits never exist whole. At 2 examples of ~400
+tokens they would be ~130 MB, allocated fresh every step; glibc serves that with mmap and
+every page faults on first touch, which made the loss run at ~1 GB/s (bench/RESULTS.md).
+Other models use their `logits_to_keep` argument.
 """
 
 from __future__ import annotations
@@ -151,6 +156,61 @@ def use_segment_attention(model, max_length: int) -> bool:
     return True
 
 
+# Causal LMs whose forward is exactly `lm_head(decoder(...).last_hidden_state)`: no logit
+# scaling or soft-capping that the blockwise loss would skip.
+BLOCKWISE_LOSS_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+LOSS_BLOCK_BYTES = 16 << 20  # fp32 logits per block: below glibc's 32 MB mmap ceiling, so reused
+
+
+def blockwise_loss_parts(model):
+    """(decoder, output weight) when `model`'s loss may be computed blockwise, else None:
+    a known architecture whose output projection has no bias and is not being trained."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if (getattr(base.config, "model_type", None) not in BLOCKWISE_LOSS_MODELS
+            or not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.requires_grad):
+        return None
+    return base.get_decoder(), head.weight
+
+
+class _BlockwiseCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weightᵀ` against `targets`, `rows` positions at a time.
+
+    The gradient with respect to `hidden`, (softmax − one-hot) @ weight / n, is computed in the
+    forward pass block by block and kept (n × hidden size), so neither pass holds the whole
+    logits. The rounding follows the plain path: logits in the weight's dtype, softmax in fp32,
+    the gradient cast back to the hidden states' dtype before its matmul. `weight` gets no
+    gradient (callers check it is frozen)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, rows):
+        n = hidden.shape[0]
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        total = torch.zeros((), dtype=torch.float32)
+        for start in range(0, n, rows):
+            target = targets[start:start + rows]
+            logits = (hidden[start:start + rows] @ weight.t()).float()
+            norm = torch.logsumexp(logits, dim=-1)
+            total += (norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if grad is not None:
+                probs = logits.sub_(norm[:, None]).exp_()
+                probs[torch.arange(len(target)), target] -= 1.0
+                grad[start:start + rows] = probs.mul_(1.0 / n).to(hidden.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None
+
+
+def blockwise_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits `hidden @ weightᵀ` ([n, d] @ [d, V]) against `targets`."""
+    rows = max(1, LOSS_BLOCK_BYTES // (weight.shape[0] * 4))
+    return _BlockwiseCrossEntropy.apply(hidden, weight, targets, rows)
+
+
 def accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
@@ -159,16 +219,22 @@ def accepts_logits_to_keep(model) -> bool:
 def packed_loss(model, batch: PackedBatch, *, keep_logits: bool = True) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over the batch's answer tokens, number of those tokens).
 
-    Logits are computed only at `batch.loss_positions` when the model takes
-    `logits_to_keep`; they are upcast to fp32 for the softmax (bf16 log-softmax over a
-    49k vocabulary loses the small probabilities the loss depends on)."""
+    With `keep_logits`, logits are computed only at `batch.loss_positions`: blockwise from
+    the hidden states where `blockwise_loss_parts` allows, else through the model's
+    `logits_to_keep`. They are upcast to fp32 for the softmax (bf16 log-softmax over a 49k
+    vocabulary loses the small probabilities the loss depends on)."""
     kwargs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
               "segment_lengths": batch.segment_lengths, "use_cache": False}
+    n = int(batch.targets.numel())
+    parts = blockwise_loss_parts(model) if keep_logits and n else None
+    if parts is not None:
+        decoder, weight = parts
+        hidden = decoder(**kwargs).last_hidden_state[0, batch.loss_positions]
+        return blockwise_cross_entropy(hidden, weight, batch.targets), n
     if keep_logits:
         logits = model(**kwargs, logits_to_keep=batch.loss_positions).logits[0]
     else:
         logits = model(**kwargs).logits[0, batch.loss_positions]
-    n = int(batch.targets.numel())
     if n == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits.float(), batch.targets), n

@@ -113,3 +113,61 @@ def test_matmul_attention_equals_sdpa_with_grouped_heads(dtype, tolerance):
     assert torch.allclose(out.float(), ref, atol=tolerance, rtol=tolerance)
     for mine, theirs in zip(grads, ref_grads):
         assert torch.allclose(mine.float(), theirs.float(), atol=tolerance * 10, rtol=tolerance)
+
+
+
+def test_blockwise_loss_equals_the_loss_on_whole_logits(tiny_model_dir, monkeypatch):
+    """The blockwise loss (several blocks here) gives the same loss and the same LoRA
+    gradients as the cross-entropy of the whole logits."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from selftrain.models.base import load_model
+    from selftrain.training import packing
+
+    torch.manual_seed(0)
+    model, tok = load_model(str(tiny_model_dir), "float32")
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8, lora_dropout=0.0,
+                                             target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert packing.use_segment_attention(model, 512)
+    assert packing.blockwise_loss_parts(model) is not None
+    batch = packing.pack(tokenize(examples(4), tok, SFTConfig()))
+    vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(packing, "LOSS_BLOCK_BYTES", 5 * vocab * 4)  # 5 positions per block
+    assert batch.targets.numel() > 10
+
+    def grads():
+        out = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        return out
+
+    blockwise, n = packing.packed_loss(model, batch)
+    blockwise.backward()
+    blockwise_grads = grads()
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, segment_lengths=batch.segment_lengths,
+                   logits_to_keep=batch.loss_positions).logits[0]
+    whole = F.cross_entropy(logits.float(), batch.targets)
+    whole.backward()
+    whole_grads = grads()
+    assert n == batch.targets.numel()
+    assert blockwise.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert blockwise_grads.keys() == whole_grads.keys() and len(blockwise_grads) == 8
+    for name, grad in blockwise_grads.items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(grad, whole_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_blockwise_loss_only_where_the_output_layer_is_plain_and_frozen(tiny_model_dir):
+    from selftrain.models.base import load_model
+    from selftrain.training.packing import blockwise_loss_parts
+
+    model, _ = load_model(str(tiny_model_dir), "float32")
+    head = model.get_output_embeddings()
+    assert head.weight.requires_grad  # a plain model trains every weight: no blockwise loss
+    assert blockwise_loss_parts(model) is None
+    head.weight.requires_grad_(False)
+    decoder, weight = blockwise_loss_parts(model)
+    assert decoder is model.get_decoder() and weight is head.weight
+    model.config.model_type = "gemma2"  # soft-caps its logits: the loss must see them
+    assert blockwise_loss_parts(model) is None
