@@ -22,11 +22,9 @@ def test_checker_passes_on_the_corpus():
 
 
 def test_prelude_registers_the_library_for_the_answer(monkeypatch):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from acme_sdk import prelude
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.setattr(sys, "path", [str(ROOT / "bench"), *sys.path])  # the bench adds to it too: undone after
+    from acme_sdk import prelude
+
     monkeypatch.delitem(sys.modules, "acme", raising=False)
     namespace: dict = {}
     program = prelude((CORPUS / "acme.py").read_text()) + "from acme import format_money\nvalue = format_money(123450)\n"
