@@ -132,11 +132,8 @@ def load_examples(snapshot: str, n: int, answer_refs: int = 1):
 
 def run_ours(args, overrides: dict) -> dict:
     from selftrain.models.base import load_model
-    from selftrain.training import packing
     from selftrain.training.sft import SFTConfig, run, tokenize
 
-    if not overrides.pop("blockwise_loss", True):
-        packing.BLOCKWISE_LOSS_MODELS = frozenset()  # the loss from the model's logits_to_keep output
     examples = load_examples(args.snapshot, args.examples, args.answer_refs)
     config = SFTConfig(epochs=1, eval_steps=10_000, **{"num_threads": args.threads, **overrides})
     records: list[dict] = []
@@ -268,6 +265,8 @@ def main() -> None:
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.answer_refs < 1:
+        parser.error(f"--answer-refs must be at least 1, got {args.answer_refs}")
     if args.child:
         return child(args)
     if not args.model:

@@ -216,25 +216,25 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def packed_loss(model, batch: PackedBatch, *, keep_logits: bool = True) -> tuple[torch.Tensor, int]:
+def packed_loss(model, batch: PackedBatch, *, logits: str = "blockwise") -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over the batch's answer tokens, number of those tokens).
 
-    With `keep_logits`, logits are computed only at `batch.loss_positions`: blockwise from
-    the hidden states where `blockwise_loss_parts` allows, else through the model's
-    `logits_to_keep`. They are upcast to fp32 for the softmax (bf16 log-softmax over a 49k
-    vocabulary loses the small probabilities the loss depends on)."""
+    `logits` says where the vocabulary projection runs: "blockwise" — at the answer
+    positions, a block at a time from the hidden states (callers check
+    `blockwise_loss_parts`); "answers" — at the answer positions through the model's
+    `logits_to_keep`; "all" — everywhere. Logits are upcast to fp32 for the softmax (bf16
+    log-softmax over a 49k vocabulary loses the small probabilities the loss depends on)."""
     kwargs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
               "segment_lengths": batch.segment_lengths, "use_cache": False}
     n = int(batch.targets.numel())
-    parts = blockwise_loss_parts(model) if keep_logits and n else None
-    if parts is not None:
-        decoder, weight = parts
+    if logits == "blockwise" and n:
+        decoder, weight = blockwise_loss_parts(model)
         hidden = decoder(**kwargs).last_hidden_state[0, batch.loss_positions]
         return blockwise_cross_entropy(hidden, weight, batch.targets), n
-    if keep_logits:
-        logits = model(**kwargs, logits_to_keep=batch.loss_positions).logits[0]
+    if logits == "all":
+        out = model(**kwargs).logits[0, batch.loss_positions]
     else:
-        logits = model(**kwargs).logits[0, batch.loss_positions]
+        out = model(**kwargs, logits_to_keep=batch.loss_positions).logits[0]
     if n == 0:
-        return logits.sum() * 0.0, 0
-    return F.cross_entropy(logits.float(), batch.targets), n
+        return out.sum() * 0.0, 0
+    return F.cross_entropy(out.float(), batch.targets), n

@@ -65,6 +65,7 @@ class SFTConfig:
     # Speed levers, on by default; off reproduces the plain recipe (bench/sft.py measures each).
     packing: bool = True  # examples end to end, attention kept inside each (else right padding)
     answer_logits_only: bool = True  # vocabulary projection only where the loss is taken
+    blockwise_loss: bool = True  # ... and there a block of positions at a time (packing.py)
     mixed_precision: str = "master"  # with bf16: master (bf16 adapters, fp32 masters) | fp32-adapters | autocast
     fast_dropout: bool = True
 
@@ -130,13 +131,25 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def batch_loss(model, rows, pad_id: int, packed: bool, answer_logits_only: bool):
-    """(mean loss over the answer tokens of `rows`, answer tokens, real tokens)."""
+def loss_logits(model, config: SFTConfig) -> str:
+    """Where the packed loss projects onto the vocabulary (`packing.packed_loss`'s modes)."""
+    from selftrain.training.packing import accepts_logits_to_keep, blockwise_loss_parts
+
+    if not config.answer_logits_only:
+        return "all"
+    if config.blockwise_loss and blockwise_loss_parts(model) is not None:
+        return "blockwise"
+    return "answers" if accepts_logits_to_keep(model) else "all"
+
+
+def batch_loss(model, rows, pad_id: int, packed: bool, logits: str):
+    """(mean loss over the answer tokens of `rows`, answer tokens, real tokens); `logits` as
+    in `packing.packed_loss`, for packed rows."""
     if packed:
         from selftrain.training.packing import pack, packed_loss
 
         batch = pack(rows)
-        loss, n = packed_loss(model, batch, keep_logits=answer_logits_only)
+        loss, n = packed_loss(model, batch, logits=logits)
         return loss, n, batch.n_tokens
     batch = collate(rows, pad_id)
     return (model(**batch).loss, int((batch["labels"][:, 1:] != -100).sum()),
@@ -144,7 +157,7 @@ def batch_loss(model, rows, pad_id: int, packed: bool, answer_logits_only: bool)
 
 
 def evaluate_loss(model, rows, pad_id: int, batch_size: int, packed: bool = False,
-                  answer_logits_only: bool = True) -> float:
+                  logits: str = "answers") -> float:
     """Mean loss per answer token over `rows`."""
     import torch
 
@@ -152,7 +165,7 @@ def evaluate_loss(model, rows, pad_id: int, batch_size: int, packed: bool = Fals
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            loss, n, _ = batch_loss(model, rows[start:start + batch_size], pad_id, packed, answer_logits_only)
+            loss, n, _ = batch_loss(model, rows[start:start + batch_size], pad_id, packed, logits)
             total += float(loss) * n
             count += n
     model.train()
@@ -218,7 +231,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     from selftrain.training import checkpoint
     from selftrain.training.distributed import current_world
     from selftrain.training.monitor import TrainingMonitor, open_reporter
-    from selftrain.training.packing import accepts_logits_to_keep, use_segment_attention
+    from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
 
     began = time.perf_counter()
@@ -260,7 +273,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     # 3. Speed: packed rows with per-example attention, cheap dropout, bf16 adapters whose
     #    fp32 masters the optimizer steps (or the plain variants, for measurement).
     packed = config.packing and use_segment_attention(model, config.max_length)
-    keep_logits = config.answer_logits_only and accepts_logits_to_keep(model)
+    logits = loss_logits(model, config)
     if config.fast_dropout:
         use_fast_dropout(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -276,7 +289,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
 
     def evaluate() -> float:
         with autocast:
-            return evaluate_loss(model, eval_rows, pad_id, config.batch_size, packed, keep_logits)
+            return evaluate_loss(model, eval_rows, pad_id, config.batch_size, packed, logits)
 
     # 4. Optimizer and schedule. Warmup is capped at 10% of the run: the spec's 100 steps
     #    would otherwise be most of a short run spent below the intended learning rate.
@@ -330,7 +343,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
                 group["lr"] = lr
             started = time.perf_counter()
             with autocast:
-                loss, _, n_tokens = batch_loss(model, chunk, pad_id, packed, keep_logits)
+                loss, _, n_tokens = batch_loss(model, chunk, pad_id, packed, logits)
             loss.backward()
             loss_value = world.average_gradients(params, loss)  # every rank sees a NaN on any
             record = {"step": step + 1, "epoch": epoch + 1, "loss": loss_value, "learning_rate": lr}

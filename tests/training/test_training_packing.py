@@ -115,7 +115,6 @@ def test_matmul_attention_equals_sdpa_with_grouped_heads(dtype, tolerance):
         assert torch.allclose(mine.float(), theirs.float(), atol=tolerance * 10, rtol=tolerance)
 
 
-
 def test_blockwise_loss_equals_the_loss_on_whole_logits(tiny_model_dir, monkeypatch):
     """The blockwise loss (several blocks here) gives the same loss and the same LoRA
     gradients as the cross-entropy of the whole logits."""

@@ -109,6 +109,7 @@ def test_bad_input_is_one_sentence_before_training(tiny_model_dir, tmp_path, con
     dict(packing=True, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False),
     dict(packing=True, answer_logits_only=True, mixed_precision="autocast", fast_dropout=False),
     dict(packing=True, answer_logits_only=True, mixed_precision="master", fast_dropout=False),
+    dict(blockwise_loss=False),
 ])
 def test_every_speed_lever_measures_the_same_losses(tiny_model_dir, tmp_path, levers):
     """Without dropout the levers change only rounding: the initial eval loss (one forward
