@@ -114,31 +114,42 @@ def _token_id(token: str) -> int:
     return zlib.crc32(token.encode())
 
 
-def _shingles(code: str) -> frozenset[int]:
-    """Hashes of the code's token 5-grams: each token hashed once (crc32, the same in every
-    process), each 5-gram as the hash of its tuple of token hashes (also process-independent:
-    only str hashes are salted)."""
-    ids = list(map(_token_id, _TOKEN.findall(code)))
-    if len(ids) < SHINGLE:
-        return frozenset((hash(tuple(ids)),))
-    return frozenset(map(hash, zip(*(ids[i:] for i in range(SHINGLE)))))
+_POLY = 0x100000001B3  # the 5-gram hash's multiplier (odd, 64-bit)
 
 
-def _minhash(shingle_sets: list[frozenset[int]]) -> list[bytes]:
-    """The MinHash signature of each set (32 uint32 values, as bytes), vectorised over
-    blocks of sets. Hash function i is x ↦ (aᵢ·x + bᵢ mod 2⁶⁴) >> 32 over the shingle's low
-    32 bits (multiply-shift: universal, and no integer division)."""
+def _shingles(code: str):
+    """Hashes of the code's token 5-grams, as a sorted array of distinct int64: each token
+    hashed once (crc32, the same in every process), each 5-gram as a polynomial of its five
+    token hashes modulo 2⁶⁴, computed for all 5-grams at once."""
+    import numpy as np
+
+    ids = np.fromiter(map(_token_id, _TOKEN.findall(code)), dtype=np.uint64)
+    n = len(ids) - SHINGLE + 1
+    if n <= 0:  # fewer tokens than a shingle: one hash of them all
+        ids, n = np.concatenate([np.zeros(-n + 1, dtype=np.uint64), ids]), 1
+    hashes = ids[:n].copy()
+    for k in range(1, SHINGLE):
+        hashes *= np.uint64(_POLY)
+        hashes += ids[k:k + n]
+    return np.unique(hashes).view(np.int64)
+
+
+def _minhash(shingle_arrays: list) -> list[bytes]:
+    """The MinHash signature of each shingle array (32 uint32 values, as bytes), vectorised
+    over blocks of arrays. Hash function i is x ↦ (aᵢ·x + bᵢ mod 2⁶⁴) >> 32 over the
+    shingle's low 32 bits (multiply-shift: universal, and no integer division)."""
     import numpy as np
 
     a, b = _seeds()
     out: list[bytes] = []
-    for first in range(0, len(shingle_sets), 64):  # blocks of sets: [32 × shingles] stays in cache
-        block = shingle_sets[first:first + 64]
-        sizes = [len(s) for s in block]
-        x = np.fromiter((h for s in block for h in s), dtype=np.int64, count=sum(sizes))
-        x = x.view(np.uint64) & np.uint64(_MASK)
-        hashed = (a[:, None] * x[None, :] + b[:, None]) >> np.uint64(32)  # multiply-shift hashing
-        mins = np.minimum.reduceat(hashed, np.cumsum([0] + sizes[:-1]), axis=1).T.astype(np.uint32)
+    for first in range(0, len(shingle_arrays), 64):
+        block = shingle_arrays[first:first + 64]
+        x = np.concatenate(block).view(np.uint64) & np.uint64(_MASK)
+        hashed = np.multiply.outer(a, x)  # [32 × shingles of the block], hashed in place
+        hashed += b[:, None]
+        hashed >>= np.uint64(32)
+        starts = np.cumsum([0] + [len(s) for s in block[:-1]])
+        mins = np.minimum.reduceat(hashed, starts, axis=1).T.astype(np.uint32)
         out += [row.tobytes() for row in mins]
     return out
 
@@ -185,10 +196,10 @@ class Sketch:
 
 def sketches(cands: list[Candidate]) -> list[Sketch]:
     """`Sketch` of each candidate (MinHash computed for all of them at once)."""
-    shingle_sets = [_shingles(c.code) for c in cands]
-    signatures = _minhash(shingle_sets) if cands else []
-    return [Sketch(array.array("q", shingles).tobytes(), frozenset(_WORD.findall(c.prompt.lower())), sig)
-            for c, shingles, sig in zip(cands, shingle_sets, signatures)]
+    shingle_arrays = [_shingles(c.code) for c in cands]
+    signatures = _minhash(shingle_arrays) if cands else []
+    return [Sketch(shingles.tobytes(), frozenset(_WORD.findall(c.prompt.lower())), sig)
+            for c, shingles, sig in zip(cands, shingle_arrays, signatures)]
 
 
 class NearDuplicateIndex:
@@ -200,6 +211,10 @@ class NearDuplicateIndex:
         self._by_fingerprint: dict[str, list[int]] = defaultdict(list)
         self._items: list[tuple[str, str, Sketch]] = []  # (ref, family, sketch)
         self._sets: dict[int, frozenset[int]] = {}  # shingle sets, made when first compared
+        # prompt words as bit sets (an int, one bit per word seen): a prompt comparison is an
+        # AND and a popcount instead of a set intersection
+        self._vocabulary: dict[str, int] = {}
+        self._words: list[tuple[int, int]] = []  # (bit set, word count)
 
     @staticmethod
     def family(c: Candidate) -> str:
@@ -211,6 +226,15 @@ class NearDuplicateIndex:
             found = self._sets[i] = self._items[i][2].shingle_set()
         return found
 
+    def _bits(self, words: frozenset[str]) -> int:
+        vocabulary, bits = self._vocabulary, 0
+        for word in words:
+            bit = vocabulary.get(word)
+            if bit is None:
+                bit = vocabulary[word] = len(vocabulary)
+            bits |= 1 << bit
+        return bits
+
     def match(self, c: Candidate, sketched: Sketch | None = None) -> str | None:
         """`sketched`: `sketches([c])[0]`, when it was computed already."""
         sk = sketched or sketches([c])[0]
@@ -219,10 +243,11 @@ class NearDuplicateIndex:
         candidates = set(self._by_fingerprint.get(c.fingerprint, ())) if c.fingerprint else set()
         for key in bands:
             candidates.update(self._bands.get(key, ()))
+        words, n_words = self._bits(sk.words), len(sk.words)
         mine = None  # this candidate's shingle set, made if a comparison needs it
         for i in sorted(candidates):
             ref, other_family, other = self._items[i]
-            if other_family == family or not _similar(sk.words, other.words, NEAR_PROMPT_JACCARD):
+            if other_family == family or not _similar_bits(words, n_words, *self._words[i], NEAR_PROMPT_JACCARD):
                 continue
             if c.fingerprint and c.fingerprint == self._fingerprints[i]:
                 return ref
@@ -231,6 +256,7 @@ class NearDuplicateIndex:
                 return ref
         index = len(self._items)
         self._items.append((c.ref, family, sk))
+        self._words.append((words, n_words))
         if mine is not None:
             self._sets[index] = mine
         self._fingerprints.append(c.fingerprint)
@@ -239,6 +265,17 @@ class NearDuplicateIndex:
         if c.fingerprint:
             self._by_fingerprint[c.fingerprint].append(index)
         return None
+
+
+def _similar_bits(x: int, x_size: int, y: int, y_size: int, threshold: float) -> bool:
+    """`_similar` for two sets given as bit sets and their sizes."""
+    small, large = sorted((x_size, y_size))
+    if not large:
+        return True
+    if small < threshold * large:
+        return False
+    both = (x & y).bit_count()
+    return both >= threshold * (small + large - both)
 
 
 # --- categories and balance --------------------------------------------------------------

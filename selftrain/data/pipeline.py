@@ -14,10 +14,11 @@ final set is balanced.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 from selftrain.data.clean import Exclusions, NearDuplicateIndex, Sketch, balance, categorize, exact_key, sketches
@@ -25,7 +26,7 @@ from selftrain.data.curate import Curation
 from selftrain.data.example import MAX_CHARS, MIN_CHARS, Candidate, Drop, formatted_length
 from selftrain.data.quality import Embedder, analyze_code, score_quality
 from selftrain.data.scrub import scrub_fields
-from selftrain.data.synthesize import MUTATIONS, Verify, synthesize
+from selftrain.data.synthesize import MUTATIONS, Verify, mutable, mutants_of, verify_mutants
 from selftrain.data.workers import process_pool
 
 
@@ -96,28 +97,43 @@ class Prepared:
 
 
 def prepare(cands: list[Candidate], embed: Embedder | None = None, exclusions: Exclusions | None = None,
-            near: bool = True) -> list[Prepared]:
+            near: bool = True, trees: list | None = None, scrubbed: bool = False) -> list[Prepared]:
     """Everything that needs only the example itself, for each of `cands`: scrubbed fields,
     code facts and quality, category, length, suite overlap, exact-duplicate key and (with
-    `near`) the near-duplicate sketch."""
-    out, scrubbed = [], []
-    for c in cands:
-        fields, findings = scrub_fields({"prompt": c.prompt, "code": c.code, "explanation": c.explanation,
-                                         "tests": c.tests})
-        facts = analyze_code(fields["code"])
+    `near`) the near-duplicate sketch. `trees`: each candidate's code already parsed;
+    `scrubbed`: the texts were scrubbed already (mutants, made from scrubbed examples)."""
+    out, scrubbed_cands = [], []
+    for i, c in enumerate(cands):
+        if scrubbed:
+            fields, findings = {"prompt": c.prompt, "code": c.code, "explanation": c.explanation, "tests": c.tests}, []
+        else:
+            fields, findings = scrub_fields({"prompt": c.prompt, "code": c.code, "explanation": c.explanation,
+                                             "tests": c.tests})
+        facts = analyze_code(fields["code"], trees[i] if trees else None)
         quality = score_quality(fields["prompt"], fields["code"], fields["explanation"] or "",
                                 c.entry_point, facts=facts, embed=embed)
         final = replace(c, prompt=fields["prompt"], code=fields["code"], fingerprint=facts.fingerprint)
-        scrubbed.append(final)
+        scrubbed_cands.append(final)
         out.append(Prepared(fields, [f.kind for f in findings],
                             c.category or categorize(fields["prompt"], fields["code"]), facts.fingerprint,
                             facts.parsed, quality.to_json(), quality.score,
                             length=formatted_length(fields["prompt"], fields["code"], fields["explanation"] or ""),
                             overlap=exclusions.reason(final) if exclusions else None, exact=exact_key(final)))
     if near:
-        for p, sk in zip(out, sketches(scrubbed)):
+        for p, sk in zip(out, sketches(scrubbed_cands)):
             p.sketch = sk
     return out
+
+
+def mutate_and_prepare(cands: list[Candidate], per_example: int, seed: int, mutations: tuple[str, ...],
+                       embed: Embedder | None = None, near: bool = True) -> list[tuple[list[tuple[Candidate, Prepared]], int]]:
+    """For each of `cands`: its mutants, each with its `Prepared` (made from the mutant's
+    syntax tree, in the process that made it: nothing is parsed twice), and how many
+    mutants could not be made."""
+    made = [mutants_of(c, per_example, seed, mutations) for c in cands]
+    mutants = [pair for pairs, _ in made for pair in pairs]
+    prepared = iter(prepare([m for m, _ in mutants], embed, near=near, trees=[t for _, t in mutants], scrubbed=True))
+    return [([(m, next(prepared)) for m, _ in pairs], missing) for pairs, missing in made]
 
 
 def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None,
@@ -149,6 +165,23 @@ def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None
             yield done[i]
 
 
+def _mutate_stream(todo: list[Candidate], config: CurationConfig, embed: Embedder | None):
+    """`mutate_and_prepare` of `todo`, a chunk at a time (so that only a chunk's syntax trees
+    are alive at once): each chunk's results, in order; in `config.workers` processes when
+    there are several."""
+    workers = config.workers
+    run = functools.partial(mutate_and_prepare, per_example=config.synthetic_per_example, seed=config.seed,
+                            mutations=config.mutations, near=config.near_duplicates)
+    size = max(25, min(250, len(todo) // (workers * 8)))
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    with ExitStack() as stack:
+        if workers <= 1 or embed is not None or len(todo) < 200:
+            parts = (run(chunk, embed=embed) for chunk in chunks)
+        else:
+            parts = stack.enter_context(process_pool(workers)).map(run, chunks)
+        yield from parts
+
+
 _IN_ORDER = ("length", "overlap", "quality", "dedupe")  # stages each example meets in turn
 
 
@@ -174,10 +207,31 @@ class _Stages:
         self.curation.dropped[reason] += 1
 
 
+@contextmanager
+def collector_paused():
+    """The cyclic garbage collector off for a block, and back as it was after. Curation makes
+    millions of short-lived objects (syntax trees above all) and little or no cyclic garbage: reference
+    counting frees them, while the collector would walk the whole heap again and again for
+    nothing (a third of a curation's time with synthesis on)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int | None = None,
            config: CurationConfig | None = None, exclusions: Exclusions | None = None,
            verify: Verify | None = None, embed: Embedder | None = None) -> Curation:
     """Run every stage on collected candidates (`drops`: what collection already refused)."""
+    with collector_paused():
+        return _curate(candidates, drops, n_input=n_input, config=config, exclusions=exclusions, verify=verify,
+                       embed=embed)
+
+
+def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, verify, embed) -> Curation:
     config = config or CurationConfig()
     n_input = len(candidates) + len(drops) if n_input is None else n_input
     result = Curation(examples=[], n_input=n_input, config=_config_json(config))
@@ -224,20 +278,30 @@ def curate(candidates: list[Candidate], drops: list[Drop] = (), *, n_input: int 
     for name, (n_in, n_out, seconds) in flow.items():
         log.record(name, n_in, n_out, seconds)
 
-    mutants, rejected = synthesize(kept, per_example=config.synthetic_per_example, seed=config.seed,
-                                   verify=verify, workers=config.verify_workers, mutations=config.mutations,
-                                   processes=config.workers)
+    # Mutants are made and prepared together, in the worker processes when there are several;
+    # each chunk, as it arrives, is verified (the mutants' tests, in the sandbox) and checked in
+    # order like real examples while the workers go on with the next chunks.
+    todo, rejected = mutable(kept, config.synthetic_per_example, verify)
     added = []
-    for m, p in zip(mutants, _prepare_stream(mutants, config.workers, embed, near=config.near_duplicates)):
-        m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
-        # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
-        reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
-                                    for stage in ("length", "quality", "dedupe"))), None)
-        if reason:
-            rejected[reason[0]] += 1
-            result.drops.append(Drop(m.ref, "synthesize", *reason))
-        else:
-            added.append(m)
+    for part in _mutate_stream(todo, config, embed):
+        if missing := sum(n for _, n in part):
+            rejected["no applicable mutation"] += missing
+        made = [pair for pairs, _ in part for pair in pairs]
+        passed, failed = verify_mutants([m for m, _ in made], verify, config.verify_workers)
+        rejected += failed
+        passed_ids = {id(m) for m in passed}
+        for m, p in made:
+            if id(m) not in passed_ids:
+                continue
+            m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
+            # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
+            reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
+                                        for stage in ("length", "quality", "dedupe"))), None)
+            if reason:
+                rejected[reason[0]] += 1
+                result.drops.append(Drop(m.ref, "synthesize", *reason))
+            else:
+                added.append(m)
     result.synthetic = {"added": len(added), "rejected": dict(rejected)}
     log.done("synthesize", len(kept), len(kept) + len(added), added=len(added))
 

@@ -11,10 +11,32 @@ lines of the statements it rewrites, so comments elsewhere survive.
 from __future__ import annotations
 
 import ast
-import io
 import random
 import re
-import tokenize
+from typing import NamedTuple
+
+
+class Mutant(NamedTuple):
+    """A mutation's result: the new code, the renames it made ({old: new}) and its syntax
+    tree, parsed once and checked, so that nothing downstream parses it again."""
+
+    code: str
+    renames: dict
+    tree: ast.Module
+
+
+def parsed(code: str) -> Mutant | None:
+    """`code` as a `Mutant` without renames, or None when it does not parse."""
+    try:
+        return Mutant(code, {}, ast.parse(code))
+    except (SyntaxError, ValueError):
+        return None
+
+
+def checked(code: str, expected: ast.AST) -> Mutant | None:
+    """`code` as a `Mutant` when it parses to exactly `expected` (positions aside)."""
+    out = parsed(code)
+    return out if out and _same(out.tree, expected) else None
 
 
 def identifiers(text: str | None) -> set[str]:
@@ -34,12 +56,22 @@ def children(node: ast.AST) -> list[ast.AST]:
 
 
 def walk(node: ast.AST) -> list[ast.AST]:
-    """`ast.walk(node)` as a list (the same breadth-first order), without its generators:
-    mutation walks the same trees many times."""
-    nodes = [node]
-    for n in nodes:  # the list grows as it is read: breadth first
-        nodes.extend(children(n))
-    return nodes
+    """`ast.walk(node)` as a list (the same breadth-first order), without its generators.
+
+    Mutation walks the same subtrees many times, so the node keeps its descendants (only
+    them: a node listing itself would make a reference cycle, and trees must stay free of
+    cycles to be freed as soon as they are dropped). The mutations never change a tree's
+    shape (renaming changes a name's `id` and puts it back; rewrites build new nodes around
+    old subtrees), so what a node keeps stays right; a caller must not walk a tree it then
+    reshapes."""
+    below = node.__dict__.get("_below")
+    if below is None:
+        nodes = [node]
+        for n in nodes:  # the list grows as it is read: breadth first
+            nodes.extend(children(n))
+        node._below = tuple(nodes[1:])
+        return nodes
+    return [node, *below]
 
 
 def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:
@@ -52,14 +84,22 @@ def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:
 
 
 def _same(a, b) -> bool:
-    """Structural equality of two syntax trees, positions aside (10x cheaper than comparing
+    """Structural equality of two syntax trees, positions aside (much cheaper than comparing
     ast.dump strings, and it stops at the first difference)."""
     if a.__class__ is not b.__class__:
         return False
     if isinstance(a, ast.AST):
-        return all(_same(getattr(a, f, None), getattr(b, f, None)) for f in a._fields)
+        for f in a._fields:
+            if not _same(getattr(a, f, None), getattr(b, f, None)):
+                return False
+        return True
     if a.__class__ is list:
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            if not _same(x, y):
+                return False
+        return True
     return a == b
 
 
@@ -99,13 +139,14 @@ def _returns_always(body: list[ast.stmt]) -> bool:
     return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise, ast.Continue, ast.Break))
 
 
-def vary_style(code: str, rng: random.Random) -> str | None:
-    """Swap the quote style of plain strings, or drop an `else:` that follows a return."""
-    options = []
-    swapped = _swap_quotes(code)
-    if swapped and swapped != code:
+def vary_style(code: str, rng: random.Random, tree: ast.Module | None = None) -> Mutant | None:
+    """Swap the quote style of plain strings, or drop an `else:` that follows a return.
+    `tree`: `code` already parsed (left unchanged)."""
+    tree = tree or ast.parse(code)
+    options: list[Mutant | str] = []
+    swapped = _swap_quotes(code, tree)
+    if swapped and swapped.code != code:
         options.append(swapped)
-    tree = ast.parse(code)
     for body, _ in _bodies(tree):
         for stmt in body:
             if isinstance(stmt, ast.If) and stmt.orelse and _returns_always(stmt.body) \
@@ -114,50 +155,56 @@ def vary_style(code: str, rng: random.Random) -> str | None:
                 new = _replace_statements(code, stmt, stmt, flat)
                 if new:
                     options.append(new)
-    return rng.choice(options) if options else None
-
-
-def _swap_quotes(code: str) -> str | None:
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
-    except (tokenize.TokenError, SyntaxError):
+    if not options:
         return None
+    choice = rng.choice(options)
+    return choice if isinstance(choice, Mutant) else parsed(choice)
+
+
+def _swap_quotes(code: str, tree: ast.Module) -> Mutant | None:
+    """Every plain one-line string literal in the other quote style. The literals are found
+    in the syntax tree (f-strings aside) by their source text: a segment that starts and
+    ends with one quote and holds neither quote nor a backslash inside is exactly one
+    simple literal (an implicit concatenation like `'a' 'b'` holds its quote inside)."""
+    lines = None
     edits = []
-    for tok in tokens:
-        text = tok.string
-        if tok.type != tokenize.STRING or tok.start[0] != tok.end[0] or len(text) < 2 \
-                or text[0] not in "'\"" or text[:3] in ('"""', "'''") or "\\" in text:
+    nodes = walk(tree)
+    in_fstrings = {id(n) for js in nodes if js.__class__ is ast.JoinedStr for n in walk(js)}
+    for node in nodes:
+        if node.__class__ is not ast.Constant or node.value.__class__ is not str or node.lineno != node.end_lineno \
+                or id(node) in in_fstrings:
+            continue
+        if lines is None:
+            lines = [line.encode() for line in code.splitlines(keepends=True)]
+        text = lines[node.lineno - 1][node.col_offset:node.end_col_offset].decode(errors="replace")
+        if len(text) < 2 or text[0] not in "'\"" or text[-1] != text[0] or text[:3] in ('"""', "'''"):
             continue
         quote, inner = text[0], text[1:-1]
         other = "'" if quote == '"' else '"'
-        if other in inner:
+        if quote in inner or other in inner or "\\" in inner:
             continue
-        line = code.splitlines(keepends=True)[tok.start[0] - 1]
-        start = len(line[:tok.start[1]].encode())
-        edits.append((tok.start[0], start, start + len(text.encode()), other + inner + other))
-    if not edits:
-        return None
-    new_code = _lines_edit(code, edits)
-    try:
-        return new_code if _same(ast.parse(new_code), ast.parse(code)) else None
-    except SyntaxError:
-        return None
+        edits.append((node.lineno, node.col_offset, node.end_col_offset, other + inner + other))
+    return checked(_lines_edit(code, edits), tree) if edits else None
 
 
-def vary_complexity(code: str, rng: random.Random) -> str | None:
+def vary_complexity(code: str, rng: random.Random, tree: ast.Module | None = None) -> Mutant | None:
     """Trade compact forms for explicit ones or back: an append loop ↔ a comprehension,
-    a conditional expression ↔ an if/else statement."""
-    tree = ast.parse(code)
+    a conditional expression ↔ an if/else statement. `tree`: `code` already parsed (left
+    unchanged)."""
+    tree = tree or ast.parse(code)
     taken = identifiers(code)
     options = []
+    names_in: dict[int, list[ast.Name]] = {}  # per scope: every body of a function shares its names
     for body, scope in _bodies(tree):
-        scope_names = [n for n in walk(scope) if isinstance(n, ast.Name)]
+        scope_names = names_in.get(id(scope))
+        if scope_names is None:
+            scope_names = names_in[id(scope)] = [n for n in walk(scope) if n.__class__ is ast.Name]
         for i, stmt in enumerate(body):
             for new in (_collapse(code, body, i) if i + 1 < len(body) else None,
                         _expand(code, stmt, scope_names, taken), _ternary(code, stmt)):
                 if new:
                     options.append(new)
-    return rng.choice(options) if options else None
+    return parsed(rng.choice(options)) if options else None
 
 
 def _single_target(stmt) -> str | None:

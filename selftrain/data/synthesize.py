@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from selftrain.data.example import Candidate, normalize
-from selftrain.data.rewrites import (_lines_edit, _same, children, identifiers, vary_complexity,  # noqa: F401
+from selftrain.data.rewrites import (Mutant, _lines_edit, checked, children, identifiers, vary_complexity,
                                      vary_style, walk)
 
 MUTATIONS = ("rename", "comments", "style", "complexity")
@@ -62,16 +62,19 @@ def _scoped_nodes(func: ast.AST):
     return own, nested
 
 
-def rename_variables(code: str, rng: random.Random, protected: set[str] = frozenset()) -> tuple[str, dict] | None:
-    """Rename some function-local variables; (new code, {old: new}) or None if none qualify."""
-    tree = ast.parse(code)
+def rename_variables(code: str, rng: random.Random, protected: set[str] = frozenset(),
+                     tree: ast.Module | None = None) -> Mutant | None:
+    """Rename some function-local variables, or None if none qualify. `tree`: `code`
+    already parsed (left unchanged)."""
+    tree = tree or ast.parse(code)
     taken = identifiers(code) | _RESERVED | set(protected)
-    imported = {(a.asname or a.name).split(".")[0] for n in walk(tree)
+    everything = walk(tree)
+    imported = {(a.asname or a.name).split(".")[0] for n in everything
                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     module_level = {n.id for n in _scoped_nodes(tree)[0] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     mapping: dict[str, str] = {}
     edits, renamed_nodes = [], []
-    for func in walk(tree):
+    for func in everything:
         if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         own, nested = _scoped_nodes(func)
@@ -97,6 +100,10 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
         local = sorted({n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} - blocked)
         if not local:
             continue
+        uses: dict[str, list[ast.Name]] = {}  # every Name node under func (nested scopes too), by name
+        for n in walk(func):
+            if n.__class__ is ast.Name:
+                uses.setdefault(n.id, []).append(n)
         chosen = rng.sample(local, rng.randint(1, len(local)))
         for old in chosen:
             new = _SYNONYMS.get(old, "")
@@ -104,10 +111,9 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
                 new = f"{old}_{rng.choice(['v', 'val', 'tmp', 'ref'])}{rng.randint(2, 9)}"
             taken.add(new)
             mapping[f"{func.name}.{old}"] = new
-            for n in walk(func):
-                if isinstance(n, ast.Name) and n.id == old:
-                    edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
-                    renamed_nodes.append((n, new))
+            for n in uses.get(old, ()):
+                edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
+                renamed_nodes.append((n, new))
     if not edits:
         return None
     lines = code.splitlines(keepends=True)
@@ -115,11 +121,16 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
             errors="replace") != n.id for n, _ in renamed_nodes):
         return None  # positions we cannot trust (inside an f-string before 3.12)
     new_code = _lines_edit(code, edits)
-    for n, new in renamed_nodes:
-        n.id = new
-    if not _same(ast.parse(new_code), tree):
-        return None
-    return new_code, {k.split(".", 1)[1]: v for k, v in mapping.items()}
+    # The edit must give exactly the tree renamed in place: rename, compare, restore.
+    olds = [n.id for n, _ in renamed_nodes]
+    try:
+        for n, new in renamed_nodes:
+            n.id = new
+        out = checked(new_code, tree)
+    finally:
+        for (n, _), old in zip(renamed_nodes, olds):
+            n.id = old
+    return out and out._replace(renames={k.split(".", 1)[1]: v for k, v in mapping.items()})
 
 
 # --- comments ---------------------------------------------------------------------------
@@ -153,16 +164,18 @@ _KEYWORDS = {ast.For: "for", ast.AsyncFor: "async", ast.While: "while", ast.If: 
              ast.With: "with", ast.AsyncWith: "async", ast.Try: "try"}
 
 
-def add_comments(code: str, rng: random.Random, most: int = 3) -> str | None:
-    """Insert up to `most` comments above loops, branches and returns that have none."""
-    tree = ast.parse(code)
+def add_comments(code: str, rng: random.Random, most: int = 3, tree: ast.Module | None = None) -> Mutant | None:
+    """Insert up to `most` comments above loops, branches and returns that have none.
+    `tree`: `code` already parsed (left unchanged)."""
+    tree = tree or ast.parse(code)
     lines = code.splitlines()
     spots = []
     for node in walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for stmt in walk(node):
-            if type(stmt) not in _KEYWORDS or not (text := _describe(stmt)):
+            # the statements _describe has words for (a bare `return` it has none)
+            if type(stmt) not in _KEYWORDS or (stmt.__class__ is ast.Return and stmt.value is None):
                 continue
             line = lines[stmt.lineno - 1]
             indent = line[:stmt.col_offset]
@@ -170,33 +183,34 @@ def add_comments(code: str, rng: random.Random, most: int = 3) -> str | None:
             if indent.strip() or not line[stmt.col_offset:].startswith(_KEYWORDS[type(stmt)]) \
                     or previous.startswith("#") or previous.endswith("\\"):
                 continue
-            spots.append((stmt.lineno, f"{indent}# {text}"))
+            spots.append((stmt.lineno, indent, stmt))
     if not spots:
         return None
-    chosen = sorted(set(rng.sample(spots, min(most, len(spots)))), reverse=True)
-    for lineno, comment in chosen:
-        lines.insert(lineno - 1, comment)
+    # described only once chosen: _describe unparses expressions
+    chosen = sorted(set(rng.sample(spots, min(most, len(spots)))), key=lambda spot: spot[0], reverse=True)
+    for lineno, indent, stmt in chosen:
+        lines.insert(lineno - 1, f"{indent}# {_describe(stmt)}")
     new_code = "\n".join(lines) + ("\n" if code.endswith("\n") else "")
-    return new_code if _same(ast.parse(new_code), tree) else None
+    return checked(new_code, tree)
 
 
 # --- the stage ------------------------------------------------------------------------------
 
-def mutate(code: str, mutation: str, rng: random.Random, protected: set[str] = frozenset()) -> tuple[str, dict] | None:
-    """One mutant of `code` by the named mutation, with the renames it made; None when it
-    does not apply or its result would not parse."""
+def mutate(code: str, mutation: str, rng: random.Random, protected: set[str] = frozenset(),
+           tree: ast.Module | None = None) -> Mutant | None:
+    """One mutant of `code` by the named mutation (its code, renames and syntax tree); None
+    when the mutation does not apply or its result would not parse. `tree`: `code` already
+    parsed, shared by every mutation of it (none changes it)."""
     try:
+        tree = tree or ast.parse(code)
         if mutation == "rename":
-            out = rename_variables(code, rng, protected)
+            out = rename_variables(code, rng, protected, tree)
         else:
-            new = {"comments": add_comments, "style": vary_style, "complexity": vary_complexity}[mutation](code, rng)
-            out = (new, {}) if new else None
-        if out is None or normalize(out[0]) == normalize(code):
-            return None
-        ast.parse(out[0])
-        return out
+            out = {"comments": add_comments, "style": vary_style, "complexity": vary_complexity}[mutation](
+                code, rng, tree=tree)
     except (SyntaxError, ValueError, RecursionError):
         return None
+    return None if out is None or normalize(out.code) == normalize(code) else out
 
 
 def _rename_in_text(text: str, renames: dict) -> str:
@@ -206,42 +220,9 @@ def _rename_in_text(text: str, renames: dict) -> str:
     return text
 
 
-def _mutants_of(c: Candidate, per_example: int, seed: int, mutations: tuple[str, ...]) -> tuple[list[Candidate], int]:
-    """Up to `per_example` mutants of one candidate, and how many could not be made. Each
-    candidate has its own seeded generator, so results do not depend on batching."""
-    rng = random.Random(f"{seed}:{c.ref}")
-    protected = identifiers(c.tests) | ({c.entry_point} if c.entry_point else set())
-    made: list[Candidate] = []
-    for mutation in rng.sample(mutations, len(mutations)):
-        if len(made) >= per_example:
-            break
-        out = mutate(c.code, mutation, rng, protected)
-        if out is None:
-            continue
-        code, renames = out
-        made.append(Candidate(
-            ref=f"{c.ref}~{mutation}", prompt=c.prompt, code=code,
-            explanation=_rename_in_text(c.explanation, renames), category=c.category, target="synthetic",
-            source="synthetic", interaction_id=c.interaction_id, entry_point=c.entry_point, tests=c.tests,
-            origin=c.ref, mutation=mutation))
-    return made, per_example - len(made)
-
-
-def _mutants_of_chunk(args) -> list[tuple[list[Candidate], int]]:
-    chunk, per_example, seed, mutations = args
-    return [_mutants_of(c, per_example, seed, mutations) for c in chunk]
-
-
-def synthesize(candidates: list[Candidate], *, per_example: int = 1, seed: int = 0,
-               verify: Verify | None = None, workers: int = 2,
-               mutations: tuple[str, ...] = MUTATIONS, processes: int = 1) -> tuple[list[Candidate], Counter]:
-    """Up to `per_example` mutants of each non-synthetic candidate, each by a different
-    mutation; (kept mutants, Counter of rejected ones by reason).
-
-    Mutants of an example with tests need `verify`; without one they are not made.
-    `workers` mutants are verified at once; `processes` > 1 makes mutants in that many
-    processes.
-    """
+def mutable(candidates: list[Candidate], per_example: int, verify: Verify | None) -> tuple[list[Candidate], Counter]:
+    """The candidates to make mutants of (not mutants themselves; with tests only when there
+    is a verifier), and a Counter of the others by reason."""
     rejected: Counter = Counter()
     todo = []
     for c in candidates:
@@ -251,23 +232,66 @@ def synthesize(candidates: list[Candidate], *, per_example: int = 1, seed: int =
             rejected["has tests but no verifier"] += 1
             continue
         todo.append(c)
-    if processes > 1 and len(todo) >= 200:
-        from selftrain.data.workers import process_pool
+    return todo, rejected
 
-        size = max(25, len(todo) // (processes * 4))
-        jobs = [(todo[i:i + size], per_example, seed, mutations) for i in range(0, len(todo), size)]
-        with process_pool(processes) as pool:
-            results = [r for part in pool.map(_mutants_of_chunk, jobs) for r in part]
-    else:
-        results = [_mutants_of(c, per_example, seed, mutations) for c in todo]
-    made = [m for mutants, _ in results for m in mutants]
-    if missing := sum(n for _, n in results):
-        rejected["no applicable mutation"] += missing
+
+def mutants_of(c: Candidate, per_example: int, seed: int = 0,
+               mutations: tuple[str, ...] = MUTATIONS) -> tuple[list[tuple[Candidate, ast.Module]], int]:
+    """Up to `per_example` mutants of one candidate, each by a different mutation and with
+    its syntax tree, and how many could not be made. The candidate's code is parsed once for
+    all of them. Each candidate has its own seeded generator, so results do not depend on
+    batching or on which process makes them."""
+    rng = random.Random(f"{seed}:{c.ref}")
+    protected = identifiers(c.tests) | ({c.entry_point} if c.entry_point else set())
+    try:
+        tree = ast.parse(c.code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return [], per_example
+    made: list[tuple[Candidate, ast.Module]] = []
+    for mutation in rng.sample(mutations, len(mutations)):
+        if len(made) >= per_example:
+            break
+        out = mutate(c.code, mutation, rng, protected, tree)
+        if out is None:
+            continue
+        made.append((Candidate(
+            ref=f"{c.ref}~{mutation}", prompt=c.prompt, code=out.code,
+            explanation=_rename_in_text(c.explanation, out.renames), category=c.category, target="synthetic",
+            source="synthetic", interaction_id=c.interaction_id, entry_point=c.entry_point, tests=c.tests,
+            origin=c.ref, mutation=mutation), out.tree))
+    return made, per_example - len(made)
+
+
+def verify_mutants(made: list[Candidate], verify: Verify | None, workers: int = 2) -> tuple[list[Candidate], Counter]:
+    """The mutants that pass their tests (`workers` at a time; those without tests pass),
+    and a Counter of the others."""
+    rejected: Counter = Counter()
     checked = [m for m in made if m.tests]
-    if checked:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            verdicts = dict(zip(map(id, checked), pool.map(lambda m: bool(verify(m.code, m.tests)), checked)))
-        if failed := sum(not v for v in verdicts.values()):
-            rejected["failed its tests"] += failed
-        made = [m for m in made if not m.tests or verdicts[id(m)]]
-    return made, rejected
+    if not checked:
+        return list(made), rejected
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        verdicts = dict(zip(map(id, checked), pool.map(lambda m: bool(verify(m.code, m.tests)), checked)))
+    if failed := sum(not v for v in verdicts.values()):
+        rejected["failed its tests"] += failed
+    return [m for m in made if not m.tests or verdicts[id(m)]], rejected
+
+
+def synthesize(candidates: list[Candidate], *, per_example: int = 1, seed: int = 0,
+               verify: Verify | None = None, workers: int = 2,
+               mutations: tuple[str, ...] = MUTATIONS) -> tuple[list[Candidate], Counter]:
+    """Up to `per_example` mutants of each non-synthetic candidate, each by a different
+    mutation; (kept mutants, Counter of rejected ones by reason).
+
+    Mutants of an example with tests need `verify`; without one they are not made.
+    `workers` mutants are verified at once. (The curation pipeline runs these steps itself,
+    in its worker processes.)
+    """
+    todo, rejected = mutable(candidates, per_example, verify)
+    made = []
+    for c in todo:
+        mutants, missing = mutants_of(c, per_example, seed, mutations)
+        made += [m for m, _ in mutants]
+        if missing:
+            rejected["no applicable mutation"] += missing
+    kept, failed = verify_mutants(made, verify, workers)
+    return kept, rejected + failed

@@ -83,6 +83,12 @@ def test_parallel_workers_give_the_same_result():
     assert one.secrets == two.secrets and one.secrets["Stripe Access Key"] == 1
     assert [(s["stage"], s["in"], s["out"]) for s in one.stages] == [(s["stage"], s["in"], s["out"]) for s in two.stages]
     assert "<SECRET>" in next(e.code for e in two.examples if e.interaction_id == 2001)
+    # with synthesis: mutants are made and prepared in the workers, in the same order
+    config = dict(balance="none", synthetic_per_example=1)
+    one = curate_interactions(items, config=CurationConfig(**config))
+    two = curate_interactions(items, config=CurationConfig(**config, workers=2))
+    assert one.examples == two.examples and one.drops == two.drops and one.synthetic == two.synthetic
+    assert sum(e.source == "synthetic" for e in one.examples) == one.synthetic["added"] > 200
 
 
 def test_workers_start_cleanly_beside_other_threads(monkeypatch):
