@@ -17,6 +17,7 @@ import functools
 import gc
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -136,11 +137,11 @@ def mutate_and_prepare(cands: list[Candidate], per_example: int, seed: int, muta
     return [([(m, next(prepared)) for m, _ in pairs], missing) for pairs, missing in made]
 
 
-def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None,
+def _prepare_stream(cands: list[Candidate], pool, workers: int, embed: Embedder | None,
                     exclusions: Exclusions | None = None, near: bool = True) -> Iterator[Prepared]:
     """`prepare` for each candidate, yielded in order as soon as it is ready; identical
-    candidates (a repeated request and answer) are prepared once. With several workers, in
-    that many processes, working ahead of the consumer."""
+    candidates (a repeated request and answer) are prepared once. With a process `pool` (of
+    `workers` processes), in its workers, working ahead of the consumer."""
     slot: dict[tuple, int] = {}
     unique: list[Candidate] = []
     order = []
@@ -150,36 +151,60 @@ def _prepare_stream(cands: list[Candidate], workers: int, embed: Embedder | None
             slot[key] = len(unique)
             unique.append(c)
         order.append(slot[key])
-    size = max(50, min(250, len(unique) // (workers * 8)))  # small enough that no worker idles long at the end
+    size = _chunk_size(len(unique), workers, 50)
     chunks = [unique[i:i + size] for i in range(0, len(unique), size)]
+    if pool is None or len(unique) < 200:
+        parts = (prepare(chunk, embed, exclusions, near) for chunk in chunks)
+    else:
+        parts = pool.map(functools.partial(prepare, exclusions=exclusions, near=near), chunks)
     done: list[Prepared] = []
-    with ExitStack() as stack:
-        if workers <= 1 or embed is not None or len(unique) < 200:
-            parts = (prepare(chunk, embed, exclusions, near) for chunk in chunks)
-        else:
-            pool = stack.enter_context(process_pool(workers))
-            parts = pool.map(functools.partial(prepare, exclusions=exclusions, near=near), chunks)
-        for i in order:
-            while len(done) <= i:
-                done += next(parts)
-            yield done[i]
+    for i in order:
+        while len(done) <= i:
+            done += next(parts)
+        yield done[i]
 
 
-def _mutate_stream(todo: list[Candidate], config: CurationConfig, embed: Embedder | None):
-    """`mutate_and_prepare` of `todo`, a chunk at a time (so that only a chunk's syntax trees
-    are alive at once): each chunk's results, in order; in `config.workers` processes when
-    there are several."""
-    workers = config.workers
-    run = functools.partial(mutate_and_prepare, per_example=config.synthetic_per_example, seed=config.seed,
-                            mutations=config.mutations, near=config.near_duplicates)
-    size = max(25, min(250, len(todo) // (workers * 8)))
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    with ExitStack() as stack:
-        if workers <= 1 or embed is not None or len(todo) < 200:
-            parts = (run(chunk, embed=embed) for chunk in chunks)
-        else:
-            parts = stack.enter_context(process_pool(workers)).map(run, chunks)
-        yield from parts
+def _chunk_size(n: int, workers: int, least: int) -> int:
+    """Work items per task: small enough that no worker idles long at the end."""
+    return max(least, min(250, n // (8 * workers)))
+
+
+class _Mutations:
+    """Mutants of the kept examples (`mutate_and_prepare`), made as the examples are kept: in
+    the process `pool`, queued behind the preparation already there, so the workers go from
+    one to the other without waiting for this process; without a pool, here, at the end.
+    `parts()` hands back each chunk's results in order; `rejected` counts the examples
+    synthesis skips."""
+
+    def __init__(self, config: CurationConfig, verify: Verify | None, embed: Embedder | None, pool, size: int):
+        self.run = functools.partial(mutate_and_prepare, per_example=config.synthetic_per_example,
+                                     seed=config.seed, mutations=config.mutations, near=config.near_duplicates)
+        self.per_example, self.verify, self.embed, self.pool, self.size = (
+            config.synthetic_per_example, verify, embed, pool, size)
+        self.rejected: Counter = Counter()
+        self.pending: list[Candidate] = []
+        self.chunks: list = []  # futures (with a pool) or candidate lists, in order
+
+    def add(self, c: Candidate) -> None:
+        if self.per_example <= 0:
+            return
+        todo, rejected = mutable([c], self.per_example, self.verify)
+        self.rejected += rejected
+        self.pending += todo
+        if len(self.pending) >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            chunk, self.pending = self.pending, []
+            self.chunks.append(self.pool.submit(self.run, chunk) if self.pool is not None else chunk)
+
+    def parts(self) -> Iterator[list]:
+        self._flush()
+        self.chunks.reverse()
+        while self.chunks:  # each chunk is let go once handed back
+            chunk = self.chunks.pop()
+            yield chunk.result() if self.pool is not None else self.run(chunk, embed=self.embed)
 
 
 _IN_ORDER = ("length", "overlap", "quality", "dedupe")  # stages each example meets in turn
@@ -242,7 +267,7 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
     log.done("collect", n_input, len(candidates))
 
     # The per-example work (scrub, parse, score, suite overlap, sketches) runs ahead, in
-    # worker processes when config.workers > 1, while here each example meets the stages
+    # worker processes when config.workers > 1 (one pool for every stage), while here each example meets the stages
     # in order as its results arrive: the in-order stages (duplicates above all) overlap the
     # workers. A stage's seconds are this process's time in it; "scrub + score" is the time
     # spent preparing (one process) or waiting for the workers.
@@ -251,57 +276,66 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
     index = NearDuplicateIndex() if config.near_duplicates else None
     kept = []
     scores = []
-    clock = time.perf_counter()
-    for c, p in zip(candidates, _prepare_stream(candidates, config.workers, embed, exclusions,
-                                                config.near_duplicates)):
-        c.prompt, c.code, c.explanation, c.tests = (p.fields["prompt"], p.fields["code"],
-                                                    p.fields["explanation"] or "", p.fields["tests"])
-        c.category, c.fingerprint, c.quality, c.factors = p.category, p.fingerprint, p.score, p.quality
-        result.secrets.update(p.secrets)
-        scores.append(p.score)
-        now = time.perf_counter()
-        flow["scrub + score"][2] += now - clock
-        for name in _IN_ORDER:
-            flow[name][0] += 1
-            dropped = _verdict(name, c, p, config, seen, index)
-            clock = time.perf_counter()
-            flow[name][2] += clock - now
-            now = clock
-            if dropped:
-                log.drop(c, name, *dropped)
-                break
-            flow[name][1] += 1
-        else:
-            kept.append(c)
-    log.record("scrub + score", len(candidates), len(candidates), flow.pop("scrub + score")[2],
-               secrets=sum(result.secrets.values()))
-    for name, (n_in, n_out, seconds) in flow.items():
-        log.record(name, n_in, n_out, seconds)
-
-    # Mutants are made and prepared together, in the worker processes when there are several;
-    # each chunk, as it arrives, is verified (the mutants' tests, in the sandbox) and checked in
-    # order like real examples while the workers go on with the next chunks.
-    todo, rejected = mutable(kept, config.synthetic_per_example, verify)
-    added = []
-    for part in _mutate_stream(todo, config, embed):
-        if missing := sum(n for _, n in part):
-            rejected["no applicable mutation"] += missing
-        made = [pair for pairs, _ in part for pair in pairs]
-        passed, failed = verify_mutants([m for m, _ in made], verify, config.verify_workers)
-        rejected += failed
-        passed_ids = {id(m) for m in passed}
-        for m, p in made:
-            if id(m) not in passed_ids:
-                continue
-            m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
-            # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
-            reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
-                                        for stage in ("length", "quality", "dedupe"))), None)
-            if reason:
-                rejected[reason[0]] += 1
-                result.drops.append(Drop(m.ref, "synthesize", *reason))
+    with ExitStack() as stack:
+        pool = None
+        if config.workers > 1 and embed is None and len(candidates) >= 200:
+            pool = stack.enter_context(process_pool(config.workers))
+            stack.callback(pool.shutdown, cancel_futures=True)  # on an error, drop the work still queued
+        # Mutants of each kept example are made (in the pool, behind the preparation) as soon
+        # as it is kept; they meet their checks below, after every real example.
+        mutations = _Mutations(config, verify, embed, pool, _chunk_size(len(candidates), config.workers, 25))
+        clock = time.perf_counter()
+        stream = _prepare_stream(candidates, pool, config.workers, embed, exclusions, config.near_duplicates)
+        for c, p in zip(candidates, stream):
+            c.prompt, c.code, c.explanation, c.tests = (p.fields["prompt"], p.fields["code"],
+                                                        p.fields["explanation"] or "", p.fields["tests"])
+            c.category, c.fingerprint, c.quality, c.factors = p.category, p.fingerprint, p.score, p.quality
+            result.secrets.update(p.secrets)
+            scores.append(p.score)
+            now = time.perf_counter()
+            flow["scrub + score"][2] += now - clock
+            for name in _IN_ORDER:
+                flow[name][0] += 1
+                dropped = _verdict(name, c, p, config, seen, index)
+                clock = time.perf_counter()
+                flow[name][2] += clock - now
+                now = clock
+                if dropped:
+                    log.drop(c, name, *dropped)
+                    break
+                flow[name][1] += 1
             else:
-                added.append(m)
+                kept.append(c)
+                mutations.add(c)
+        log.record("scrub + score", len(candidates), len(candidates), flow.pop("scrub + score")[2],
+                   secrets=sum(result.secrets.values()))
+        for name, (n_in, n_out, seconds) in flow.items():
+            log.record(name, n_in, n_out, seconds)
+
+        # Each chunk of mutants, in order, is verified (their tests, in the sandbox) and checked
+        # like real examples while the workers go on with the next chunks.
+        rejected = mutations.rejected
+        added = []
+        for part in mutations.parts():
+            if missing := sum(n for _, n in part):
+                rejected["no applicable mutation"] += missing
+            made = [pair for pairs, _ in part for pair in pairs]
+            passed, failed = verify_mutants([m for m, _ in made], verify, config.verify_workers)
+            rejected += failed
+            passed_ids = {id(m) for m in passed}
+            for m, p in made:
+                if id(m) not in passed_ids:
+                    continue
+                m.category, m.fingerprint, m.quality, m.factors = (m.category or p.category, p.fingerprint, p.score,
+                                                                   p.quality)
+                # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
+                reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
+                                            for stage in ("length", "quality", "dedupe"))), None)
+                if reason:
+                    rejected[reason[0]] += 1
+                    result.drops.append(Drop(m.ref, "synthesize", *reason))
+                else:
+                    added.append(m)
     result.synthetic = {"added": len(added), "rejected": dict(rejected)}
     log.done("synthesize", len(kept), len(kept) + len(added), added=len(added))
 

@@ -49,12 +49,17 @@ _SYNONYMS = {
 
 # --- renaming ------------------------------------------------------------------------------
 
+_SCOPES = {ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef}
+_FUNCTIONS = {ast.FunctionDef, ast.AsyncFunctionDef}
+_NAMED_BINDERS = {ast.ExceptHandler, ast.MatchAs, ast.MatchStar}  # bind `.name`, not through a Name node
+
+
 def _scoped_nodes(func: ast.AST):
     """Nodes of `func`'s own scope (comprehensions included), and the nested def/lambda/class nodes."""
     own, nested, todo = [], [], children(func)
     while todo:
         node = todo.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+        if node.__class__ in _SCOPES:
             nested.append(node)
             continue
         own.append(node)
@@ -70,50 +75,62 @@ def rename_variables(code: str, rng: random.Random, protected: set[str] = frozen
     taken = identifiers(code) | _RESERVED | set(protected)
     everything = walk(tree)
     imported = {(a.asname or a.name).split(".")[0] for n in everything
-                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    module_level = {n.id for n in _scoped_nodes(tree)[0] if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                if n.__class__ in (ast.Import, ast.ImportFrom) for a in n.names}
+    module_level = {n.id for n in _scoped_nodes(tree)[0] if n.__class__ is ast.Name and n.ctx.__class__ is ast.Store}
+    outside = imported | module_level | set(protected) | _RESERVED
     mapping: dict[str, str] = {}
     edits, renamed_nodes = [], []
     for func in everything:
-        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if func.__class__ not in _FUNCTIONS:
             continue
         own, nested = _scoped_nodes(func)
-        if any(isinstance(n, ast.Name) and n.id in _INTROSPECTION for n in own):
-            continue
-        params = {a.arg for a in walk(func.args) if isinstance(a, ast.arg)}
-        blocked = params | imported | module_level | set(protected) | _RESERVED
-        for inner in nested:  # names a nested scope binds or declares would be shadowed or shared
-            for n in walk(inner):
-                if isinstance(n, ast.arg) or (isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)):
-                    blocked.add(n.arg if isinstance(n, ast.arg) else n.id)
-                elif isinstance(n, (ast.Global, ast.Nonlocal)):
-                    blocked.update(n.names)
-                elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    blocked.add(n.name)
-        for n in own:  # names bound other than by a Name node would not follow a rename
-            if isinstance(n, (ast.Global, ast.Nonlocal)):
-                blocked.update(n.names)
-            elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
-                blocked.add(n.name)
-            elif isinstance(n, ast.MatchMapping) and n.rest:
-                blocked.add(n.rest)
-        local = sorted({n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} - blocked)
-        if not local:
-            continue
-        uses: dict[str, list[ast.Name]] = {}  # every Name node under func (nested scopes too), by name
-        for n in walk(func):
-            if n.__class__ is ast.Name:
+        # one pass over the function's own scope: its local stores, every Name node by name,
+        # and the names bound other than by a Name node (they would not follow a rename)
+        stores, uses, blocked = set(), {}, set()
+        for n in own:
+            kind = n.__class__
+            if kind is ast.Name:
+                if n.id in _INTROSPECTION:
+                    break  # reaches its locals by name: leave the function alone
+                if n.ctx.__class__ is ast.Store:
+                    stores.add(n.id)
                 uses.setdefault(n.id, []).append(n)
-        chosen = rng.sample(local, rng.randint(1, len(local)))
-        for old in chosen:
-            new = _SYNONYMS.get(old, "")
-            while not new or new in taken or not new.isidentifier():
-                new = f"{old}_{rng.choice(['v', 'val', 'tmp', 'ref'])}{rng.randint(2, 9)}"
-            taken.add(new)
-            mapping[f"{func.name}.{old}"] = new
-            for n in uses.get(old, ()):
-                edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
-                renamed_nodes.append((n, new))
+            elif kind is ast.Global or kind is ast.Nonlocal:
+                blocked.update(n.names)
+            elif kind in _NAMED_BINDERS and n.name:
+                blocked.add(n.name)
+            elif kind is ast.MatchMapping and n.rest:
+                blocked.add(n.rest)
+        else:
+            if not stores - outside - blocked:
+                continue
+            blocked |= {a.arg for a in walk(func.args) if a.__class__ is ast.arg}  # parameters
+            for inner in nested:  # names a nested scope binds or declares would be shadowed or shared
+                for n in walk(inner):
+                    kind = n.__class__
+                    if kind is ast.Name:
+                        if n.ctx.__class__ is not ast.Load:
+                            blocked.add(n.id)
+                        uses.setdefault(n.id, []).append(n)  # a closure's free variable follows a rename
+                    elif kind is ast.arg:
+                        blocked.add(n.arg)
+                    elif kind is ast.Global or kind is ast.Nonlocal:
+                        blocked.update(n.names)
+                    elif kind in _FUNCTIONS or kind is ast.ClassDef:
+                        blocked.add(n.name)
+            local = sorted(stores - outside - blocked)
+            if not local:
+                continue
+            chosen = rng.sample(local, rng.randint(1, len(local)))
+            for old in chosen:
+                new = _SYNONYMS.get(old, "")
+                while not new or new in taken or not new.isidentifier():
+                    new = f"{old}_{rng.choice(['v', 'val', 'tmp', 'ref'])}{rng.randint(2, 9)}"
+                taken.add(new)
+                mapping[f"{func.name}.{old}"] = new
+                for n in uses.get(old, ()):
+                    edits.append((n.lineno, n.col_offset, n.end_col_offset, new))
+                    renamed_nodes.append((n, new))
     if not edits:
         return None
     lines = code.splitlines(keepends=True)
