@@ -87,8 +87,8 @@ class Settings:
         0.3, "Minimum semantic-coherence factor (does the code answer the prompt?) in [0, 1], "
         "applied besides the overall quality threshold.", "curation")
     curation_workers: int = _f(
-        0, "Processes for curation's per-example work (scrubbing, parsing, scoring); 0 = one per "
-        "CPU core. Under 200 distinct examples it always runs in one process.", "curation")
+        0, "Processes for curation's per-example work (scrubbing, parsing, scoring, mutation); 0 = "
+        "one per CPU core. Under 200 distinct examples it always runs in one process.", "curation")
 
     # --- serve ---
     serve_batch_size: int = _f(8, "Most requests the server generates together in one batch.", "serve")

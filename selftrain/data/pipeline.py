@@ -63,7 +63,7 @@ class CurationConfig:
     verify_workers: int = 2
     """Mutants whose tests run at once."""
     workers: int = 1
-    """Processes for the per-example work (scrubbing, parsing, scoring); 1 = in process."""
+    """Processes for the per-example work (scrubbing, parsing, scoring, mutation); 1 = in process."""
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> CurationConfig:
@@ -127,7 +127,8 @@ def prepare(cands: list[Candidate], embed: Embedder | None = None, exclusions: E
 
 
 def mutate_and_prepare(cands: list[Candidate], per_example: int, seed: int, mutations: tuple[str, ...],
-                       embed: Embedder | None = None, near: bool = True) -> list[tuple[list[tuple[Candidate, Prepared]], int]]:
+                       embed: Embedder | None = None,
+                       near: bool = True) -> list[tuple[list[tuple[Candidate, Prepared]], int]]:
     """For each of `cands`: its mutants, each with its `Prepared` (made from the mutant's
     syntax tree, in the process that made it: nothing is parsed twice), and how many
     mutants could not be made."""
@@ -235,9 +236,9 @@ class _Stages:
 @contextmanager
 def collector_paused():
     """The cyclic garbage collector off for a block, and back as it was after. Curation makes
-    millions of short-lived objects (syntax trees above all) and little or no cyclic garbage: reference
-    counting frees them, while the collector would walk the whole heap again and again for
-    nothing (a third of a curation's time with synthesis on)."""
+    millions of short-lived objects (syntax trees above all) and little or no cyclic garbage:
+    reference counting frees them, while the collector would walk the whole heap again and
+    again for nothing (a fifth of a curation's time with synthesis on, in one process)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -267,25 +268,26 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
     log.done("collect", n_input, len(candidates))
 
     # The per-example work (scrub, parse, score, suite overlap, sketches) runs ahead, in
-    # worker processes when config.workers > 1 (one pool for every stage), while here each example meets the stages
-    # in order as its results arrive: the in-order stages (duplicates above all) overlap the
-    # workers. A stage's seconds are this process's time in it; "scrub + score" is the time
-    # spent preparing (one process) or waiting for the workers.
+    # worker processes when config.workers > 1 (one pool for every stage), while here each
+    # example meets the stages in order as its results arrive: the in-order stages
+    # (duplicates above all) overlap the workers. A stage's seconds are this process's time
+    # in it; "scrub + score" is the time spent preparing (one process) or waiting for the
+    # workers.
     flow = {name: [0, 0, 0.0] for name in ("scrub + score", *_IN_ORDER)}  # in, out, seconds
     seen: set[str] = set()
     index = NearDuplicateIndex() if config.near_duplicates else None
     kept = []
     scores = []
     with ExitStack() as stack:
-        pool = None
+        processes = None
         if config.workers > 1 and embed is None and len(candidates) >= 200:
-            pool = stack.enter_context(process_pool(config.workers))
-            stack.callback(pool.shutdown, cancel_futures=True)  # on an error, drop the work still queued
+            processes = stack.enter_context(process_pool(config.workers))
+            stack.callback(processes.shutdown, cancel_futures=True)  # on an error, drop the work still queued
         # Mutants of each kept example are made (in the pool, behind the preparation) as soon
         # as it is kept; they meet their checks below, after every real example.
-        mutations = _Mutations(config, verify, embed, pool, _chunk_size(len(candidates), config.workers, 25))
+        mutations = _Mutations(config, verify, embed, processes, _chunk_size(len(candidates), config.workers, 25))
         clock = time.perf_counter()
-        stream = _prepare_stream(candidates, pool, config.workers, embed, exclusions, config.near_duplicates)
+        stream = _prepare_stream(candidates, processes, config.workers, embed, exclusions, config.near_duplicates)
         for c, p in zip(candidates, stream):
             c.prompt, c.code, c.explanation, c.tests = (p.fields["prompt"], p.fields["code"],
                                                         p.fields["explanation"] or "", p.fields["tests"])
@@ -312,30 +314,7 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
         for name, (n_in, n_out, seconds) in flow.items():
             log.record(name, n_in, n_out, seconds)
 
-        # Each chunk of mutants, in order, is verified (their tests, in the sandbox) and checked
-        # like real examples while the workers go on with the next chunks.
-        rejected = mutations.rejected
-        added = []
-        for part in mutations.parts():
-            if missing := sum(n for _, n in part):
-                rejected["no applicable mutation"] += missing
-            made = [pair for pairs, _ in part for pair in pairs]
-            passed, failed = verify_mutants([m for m, _ in made], verify, config.verify_workers)
-            rejected += failed
-            passed_ids = {id(m) for m in passed}
-            for m, p in made:
-                if id(m) not in passed_ids:
-                    continue
-                m.category, m.fingerprint, m.quality, m.factors = (m.category or p.category, p.fingerprint, p.score,
-                                                                   p.quality)
-                # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
-                reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
-                                            for stage in ("length", "quality", "dedupe"))), None)
-                if reason:
-                    rejected[reason[0]] += 1
-                    result.drops.append(Drop(m.ref, "synthesize", *reason))
-                else:
-                    added.append(m)
+        added, rejected = _check_mutants(mutations, config, verify, seen, index, result)
     result.synthetic = {"added": len(added), "rejected": dict(rejected)}
     log.done("synthesize", len(kept), len(kept) + len(added), added=len(added))
 
@@ -349,6 +328,35 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
     result.examples = [c.to_example() for c in kept]
     result.scores = scores
     return result
+
+
+def _check_mutants(mutations: _Mutations, config: CurationConfig, verify: Verify | None, seen: set[str],
+                   index: NearDuplicateIndex | None, result: Curation) -> tuple[list[Candidate], Counter]:
+    """(the mutants that join, Counter of the others by reason). Each chunk of mutants, in
+    order, is verified (their tests, in the sandbox) and checked like real examples while the
+    workers go on with the next chunks."""
+    rejected = mutations.rejected
+    added = []
+    for part in mutations.parts():
+        if missing := sum(n for _, n in part):
+            rejected["no applicable mutation"] += missing
+        made = [pair for pairs, _ in part for pair in pairs]
+        passed, failed = verify_mutants([m for m, _ in made], verify, config.verify_workers)
+        rejected += failed
+        passed_ids = {id(m) for m in passed}
+        for m, p in made:
+            if id(m) not in passed_ids:
+                continue
+            m.category, m.fingerprint, m.quality, m.factors = m.category or p.category, p.fingerprint, p.score, p.quality
+            # the checks real examples pass (a mutant of one of them overlaps no suite); lazily, in order
+            reason = next(filter(None, (_verdict(stage, m, p, config, seen, index)
+                                        for stage in ("length", "quality", "dedupe"))), None)
+            if reason:
+                rejected[reason[0]] += 1
+                result.drops.append(Drop(m.ref, "synthesize", *reason))
+            else:
+                added.append(m)
+    return added, rejected
 
 
 def _verdict(stage: str, c: Candidate, p: Prepared, config: CurationConfig, seen: set[str],

@@ -104,3 +104,29 @@ def test_sketches_are_the_same_in_every_process():
         out = subprocess.run([sys.executable, "-c", script, PROMPT, CODE], capture_output=True, text=True, check=True,
                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.split()
         assert out == [here.shingles.hex(), here.signature.hex()]
+
+
+def test_prompt_similarity_on_bit_sets_is_exact_jaccard():
+    import random
+
+    from selftrain.data.clean import _similar, _similar_bits
+
+    rng = random.Random(1)
+    index = NearDuplicateIndex()
+    words = [f"w{i}" for i in range(40)]
+    for _ in range(2000):
+        x = frozenset(rng.sample(words, rng.randrange(0, 30)))
+        y = frozenset(rng.sample(words, rng.randrange(0, 30)))
+        for threshold in (0.5, 0.8):
+            assert _similar_bits(index._bits(x), len(x), index._bits(y), len(y), threshold) == \
+                _similar(x, y, threshold), (sorted(x), sorted(y), threshold)
+
+
+def test_shingles_of_code_shorter_than_a_shingle():
+    from selftrain.data.clean import _shingles, sketches
+
+    assert len(_shingles("")) == 1 and len(_shingles("x = 1")) == 1
+    assert list(_shingles("x = 1")) != list(_shingles("x = 2"))
+    assert len(_shingles("x = y + 1 - 2")) == 3  # seven tokens: three 5-grams
+    a, b = sketches([Candidate(ref="a", prompt="p", code="pass"), Candidate(ref="b", prompt="p", code="pass")])
+    assert a == b

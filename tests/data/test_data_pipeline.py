@@ -109,3 +109,22 @@ def test_workers_start_cleanly_beside_other_threads(monkeypatch):
     finally:
         stop.set()
     assert len(two.examples) == 220 and chosen == ["forkserver"]
+
+
+def test_curation_pauses_the_garbage_collector_and_puts_it_back(monkeypatch):
+    import gc
+
+    from selftrain.data import pipeline
+
+    states = []
+    real = pipeline.mutants_of
+    monkeypatch.setattr(pipeline, "mutants_of", lambda *a, **k: states.append(gc.isenabled()) or real(*a, **k))
+    items = [item(i, accepted=True, **func(f"h{i}_add", body=f"result = x + {i}\n    return result")) for i in range(3)]
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            curate_interactions(items, config=CurationConfig(balance="none", synthetic_per_example=1))
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
+    assert states == [False] * 6

@@ -160,3 +160,58 @@ def test_the_real_sandbox_verifies_a_mutant():
                                    per_example=1, mutations=("complexity",),
                                    verify=lambda c, t: sandbox.run(c, t).passed)
     assert [m.code for m in mutants] == ["def double(xs):\n    out = [2 * x for x in xs]\n    return out\n"]
+
+
+def test_every_mutation_leaves_the_shared_tree_as_it_was():
+    """One parsed tree serves every mutation of an example: none may change it."""
+    tree = ast.parse(CODE)
+    before = ast.dump(tree, include_attributes=True)
+    for mutation in ("rename", "comments", "style", "complexity"):
+        for seed in range(5):
+            out = mutate(CODE, mutation, random.Random(seed), {"top_words"}, tree=tree)
+            assert ast.dump(tree, include_attributes=True) == before, mutation
+            if out is not None:
+                assert ast.dump(out.tree) == ast.dump(ast.parse(out.code))
+                assert out.code == mutate(CODE, mutation, random.Random(seed), {"top_words"}).code
+
+
+QUOTES = '''def f(name):
+    a = 'plain'
+    b = f'hi {name}'
+    c = 'it\\'s'
+    d = 'con' 'cat'
+    e = "say 'x'"
+    g = r'raw'
+    h = """triple"""
+    return a, b, c, d, e, g, h
+'''
+
+
+def test_quote_swap_touches_only_plain_literals():
+    out = vary_style(QUOTES, random.Random(0))
+    assert out.code == QUOTES.replace("a = 'plain'", 'a = "plain"')  # f-, raw, escaped, joined, triple: kept
+    ns_old, ns_new = {}, {}
+    exec(QUOTES, ns_old)
+    exec(out.code, ns_new)
+    assert ns_old["f"]("z") == ns_new["f"]("z")
+
+
+def test_walk_is_ast_walk_and_makes_no_reference_cycles():
+    import gc
+    import weakref
+
+    from selftrain.data.rewrites import walk
+
+    tree = ast.parse(CODE)
+    first = walk(tree)
+    assert [type(n) for n in first] == [type(n) for n in ast.walk(ast.parse(CODE))]
+    assert walk(tree) == first and walk(tree.body[-1]) == list(ast.walk(tree.body[-1]))
+    alive = weakref.ref(tree.body[-1])
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del tree, first
+        assert alive() is None  # freed by reference counting alone
+    finally:
+        if enabled:
+            gc.enable()
