@@ -2,11 +2,13 @@
 style variation and complexity variation, each meaning-preserving by construction.
 
 Style and complexity rewrites live in `rewrites.py`. Edits are made on the source text at
-the positions the syntax tree gives, so comments
-and formatting the mutation does not touch survive (`ast.unparse` would drop every
-comment). Each mutant is re-parsed and checked: renaming and comments must give exactly
-the tree the AST-level edit predicts. Where an example has tests, a mutant is kept only
-if `verify(code, tests)` passes (the loop passes the sandbox).
+the positions the syntax tree gives, so comments and formatting the mutation does not touch
+survive (`ast.unparse` would drop every comment). An example's code is parsed once for every
+mutation tried on it (none changes that tree); each mutant is parsed once and checked:
+renaming, comments and quote swaps must give exactly the tree the AST-level edit predicts.
+The mutant's tree comes with it (`Mutant`), so curation scores it without parsing it again.
+Where an example has tests, a mutant is kept only if `verify(code, tests)` passes (the loop
+passes the sandbox).
 
 Renaming is scope-aware: only variables bound inside one function are renamed, never
 parameters (callers may pass them by keyword), builtins, imported names, attributes,
@@ -283,11 +285,11 @@ def verify_mutants(made: list[Candidate], verify: Verify | None, workers: int = 
     """The mutants that pass their tests (`workers` at a time; those without tests pass),
     and a Counter of the others."""
     rejected: Counter = Counter()
-    checked = [m for m in made if m.tests]
-    if not checked:
+    tested = [m for m in made if m.tests]
+    if not tested:
         return list(made), rejected
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        verdicts = dict(zip(map(id, checked), pool.map(lambda m: bool(verify(m.code, m.tests)), checked)))
+        verdicts = dict(zip(map(id, tested), pool.map(lambda m: bool(verify(m.code, m.tests)), tested)))
     if failed := sum(not v for v in verdicts.values()):
         rejected["failed its tests"] += failed
     return [m for m in made if not m.tests or verdicts[id(m)]], rejected
