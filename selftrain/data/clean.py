@@ -157,12 +157,23 @@ def _minhash(shingle_arrays: list) -> list[bytes]:
 def _similar(x: frozenset, y: frozenset, threshold: float) -> bool:
     """Jaccard(x, y) ≥ threshold; sets whose sizes alone rule it out (J ≤ min/max size)
     are not intersected."""
-    small, large = sorted((len(x), len(y)))
+    return _jaccard_reaches(len(x), len(y), lambda: len(x & y), threshold)
+
+
+def _similar_bits(x: int, x_size: int, y: int, y_size: int, threshold: float) -> bool:
+    """`_similar` for two sets given as bit sets (ints) and their sizes."""
+    return _jaccard_reaches(x_size, y_size, lambda: (x & y).bit_count(), threshold)
+
+
+def _jaccard_reaches(x_size: int, y_size: int, intersection, threshold: float) -> bool:
+    """Jaccard ≥ threshold for sets of these sizes; `intersection()` (the size of x ∩ y) is
+    called only when the sizes alone do not rule it out."""
+    small, large = sorted((x_size, y_size))
     if not large:
         return True
     if small < threshold * large:
         return False
-    both = len(x & y)
+    both = intersection()
     return both >= threshold * (small + large - both)
 
 
@@ -265,17 +276,6 @@ class NearDuplicateIndex:
         if c.fingerprint:
             self._by_fingerprint[c.fingerprint].append(index)
         return None
-
-
-def _similar_bits(x: int, x_size: int, y: int, y_size: int, threshold: float) -> bool:
-    """`_similar` for two sets given as bit sets and their sizes."""
-    small, large = sorted((x_size, y_size))
-    if not large:
-        return True
-    if small < threshold * large:
-        return False
-    both = (x & y).bit_count()
-    return both >= threshold * (small + large - both)
 
 
 # --- categories and balance --------------------------------------------------------------

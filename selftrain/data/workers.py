@@ -12,8 +12,8 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     """`workers` processes. Forking is fast, but forking a process that runs other threads
     (the API server, a job worker) can copy a lock one of them held; such a process starts
     its workers from a clean fork server instead. Workers run without the cyclic garbage
-    collector: their work makes little or no cyclic garbage, and a forked worker walking the heap it
-    shares with its parent would also copy every page it touches."""
+    collector: their work makes little or no cyclic garbage, and a forked worker walking the
+    heap it shares with its parent would also copy every page it touches."""
     method = "fork" if threading.active_count() == 1 else "forkserver"
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=gc.disable)
