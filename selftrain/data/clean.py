@@ -17,7 +17,6 @@ others instead of all of them.
 
 from __future__ import annotations
 
-import array
 import functools
 import hashlib
 import random
@@ -33,7 +32,7 @@ NEAR_PROMPT_JACCARD = 0.5
 SHINGLE = 5
 _BANDS, _ROWS = 8, 4
 _MASK = 0xFFFFFFFF
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_TOKEN = re.compile(r"\w+|\S")  # the same tokens as \w+|[^\w\s], faster
 _WORD = re.compile(r"[a-z0-9_]+")
 
 
@@ -118,7 +117,7 @@ _POLY = 0x100000001B3  # the 5-gram hash's multiplier (odd, 64-bit)
 
 
 def _shingles(code: str):
-    """Hashes of the code's token 5-grams, as a sorted array of distinct int64: each token
+    """Hashes of the code's token 5-grams, as a sorted array of distinct uint64: each token
     hashed once (crc32, the same in every process), each 5-gram as a polynomial of its five
     token hashes modulo 2⁶⁴, computed for all 5-grams at once."""
     import numpy as np
@@ -131,7 +130,7 @@ def _shingles(code: str):
     for k in range(1, SHINGLE):
         hashes *= np.uint64(_POLY)
         hashes += ids[k:k + n]
-    return np.unique(hashes).view(np.int64)
+    return np.unique(hashes)
 
 
 def _minhash(shingle_arrays: list) -> list[bytes]:
@@ -144,7 +143,7 @@ def _minhash(shingle_arrays: list) -> list[bytes]:
     out: list[bytes] = []
     for first in range(0, len(shingle_arrays), 64):
         block = shingle_arrays[first:first + 64]
-        x = np.concatenate(block).view(np.uint64) & np.uint64(_MASK)
+        x = np.concatenate(block) & np.uint64(_MASK)
         hashed = np.multiply.outer(a, x)  # [32 × shingles of the block], hashed in place
         hashed += b[:, None]
         hashed >>= np.uint64(32)
@@ -154,27 +153,32 @@ def _minhash(shingle_arrays: list) -> list[bytes]:
     return out
 
 
-def _similar(x: frozenset, y: frozenset, threshold: float) -> bool:
-    """Jaccard(x, y) ≥ threshold; sets whose sizes alone rule it out (J ≤ min/max size)
-    are not intersected."""
-    return _jaccard_reaches(len(x), len(y), lambda: len(x & y), threshold)
+def _jaccard_reaches(both: int, x_size: int, y_size: int, threshold: float) -> bool:
+    """Jaccard ≥ threshold for sets of these sizes with `both` elements in common."""
+    union = x_size + y_size - both
+    return both >= threshold * union if union else True
 
 
-def _similar_bits(x: int, x_size: int, y: int, y_size: int, threshold: float) -> bool:
-    """`_similar` for two sets given as bit sets (ints) and their sizes."""
-    return _jaccard_reaches(x_size, y_size, lambda: (x & y).bit_count(), threshold)
+def _could_reach(x_size: int, y_size: int, threshold: float) -> bool:
+    """Whether sets of these sizes can reach the Jaccard threshold at all (J ≤ min/max)."""
+    small, large = (x_size, y_size) if x_size <= y_size else (y_size, x_size)
+    return small >= threshold * large
 
 
-def _jaccard_reaches(x_size: int, y_size: int, intersection, threshold: float) -> bool:
-    """Jaccard ≥ threshold for sets of these sizes; `intersection()` (the size of x ∩ y) is
-    called only when the sizes alone do not rule it out."""
-    small, large = sorted((x_size, y_size))
-    if not large:
-        return True
-    if small < threshold * large:
-        return False
-    both = intersection()
-    return both >= threshold * (small + large - both)
+def _common(mine, others: list) -> list[int]:
+    """|mine ∩ other| for each of `others`: sorted numpy arrays of distinct values, all
+    counted in one vectorised pass (a binary search of every other value in `mine`)."""
+    import numpy as np
+
+    together = np.concatenate(others)
+    if not len(mine) or not len(together):
+        return [0] * len(others)
+    at = np.searchsorted(mine, together)
+    np.minimum(at, len(mine) - 1, out=at)
+    found = np.concatenate(([0], np.cumsum(mine[at] == together)))  # found[k]: hits among the first k
+    lengths = [len(o) for o in others]
+    ends = np.cumsum(lengths)
+    return (found[ends] - found[ends - lengths]).tolist()
 
 
 @functools.cache
@@ -190,15 +194,17 @@ def _seeds():
 @dataclass(frozen=True)
 class Sketch:
     """What near-duplicate search needs of one candidate, computed once (in a curation
-    worker process when there are several) and compact to send back: code shingles (int64
-    array bytes), prompt words, MinHash signature (uint32 array bytes)."""
+    worker process when there are several) and compact to send back: code shingles (sorted
+    uint64 array bytes), prompt words, MinHash signature (uint32 array bytes)."""
 
     shingles: bytes
     words: frozenset[str]
     signature: bytes
 
-    def shingle_set(self) -> frozenset[int]:
-        return frozenset(array.array("q", self.shingles))
+    def shingle_array(self):
+        import numpy as np
+
+        return np.frombuffer(self.shingles, dtype=np.uint64)
 
     def bands(self) -> list[tuple[int, bytes]]:
         width = 4 * _ROWS
@@ -220,8 +226,8 @@ class NearDuplicateIndex:
         self._fingerprints: list[str] = []
         self._bands: dict[tuple, list[int]] = defaultdict(list)
         self._by_fingerprint: dict[str, list[int]] = defaultdict(list)
-        self._items: list[tuple[str, str, Sketch]] = []  # (ref, family, sketch)
-        self._sets: dict[int, frozenset[int]] = {}  # shingle sets, made when first compared
+        self._items: list[tuple[str, str]] = []  # (ref, family)
+        self._shingles: list = []  # sorted uint64 arrays
         # prompt words as bit sets (an int, one bit per word seen): a prompt comparison is an
         # AND and a popcount instead of a set intersection
         self._vocabulary: dict[str, int] = {}
@@ -230,12 +236,6 @@ class NearDuplicateIndex:
     @staticmethod
     def family(c: Candidate) -> str:
         return c.origin or c.ref
-
-    def _shingle_set(self, i: int) -> frozenset[int]:
-        found = self._sets.get(i)
-        if found is None:
-            found = self._sets[i] = self._items[i][2].shingle_set()
-        return found
 
     def _bits(self, words: frozenset[str]) -> int:
         vocabulary, bits = self._vocabulary, 0
@@ -255,27 +255,44 @@ class NearDuplicateIndex:
         for key in bands:
             candidates.update(self._bands.get(key, ()))
         words, n_words = self._bits(sk.words), len(sk.words)
-        mine = None  # this candidate's shingle set, made if a comparison needs it
-        for i in sorted(candidates):
-            ref, other_family, other = self._items[i]
-            if other_family == family or not _similar_bits(words, n_words, *self._words[i], NEAR_PROMPT_JACCARD):
-                continue
-            if c.fingerprint and c.fingerprint == self._fingerprints[i]:
-                return ref
-            mine = mine or sk.shingle_set()
-            if _similar(mine, self._shingle_set(i), NEAR_CODE_JACCARD):
-                return ref
+        shingles = sk.shingle_array()
+        if candidates:
+            twin = self._twin(sorted(candidates), family, c.fingerprint, words, n_words, shingles)
+            if twin is not None:
+                return twin
         index = len(self._items)
-        self._items.append((c.ref, family, sk))
+        self._items.append((c.ref, family))
         self._words.append((words, n_words))
-        if mine is not None:
-            self._sets[index] = mine
+        self._shingles.append(shingles)
         self._fingerprints.append(c.fingerprint)
         for key in bands:
             self._bands[key].append(index)
         if c.fingerprint:
             self._by_fingerprint[c.fingerprint].append(index)
         return None
+
+    def _twin(self, candidates: list[int], family: str, fingerprint: str, words: int, n_words: int,
+              shingles) -> str | None:
+        """The ref of the first of `candidates` (index positions, in order) from another family
+        whose prompt is similar and whose code is the same program or similar."""
+        similar = []
+        for i in candidates:
+            if self._items[i][1] != family:
+                bits, size = self._words[i]
+                if _jaccard_reaches((words & bits).bit_count(), n_words, size, NEAR_PROMPT_JACCARD):
+                    similar.append(i)
+        if not similar:
+            return None
+        # code similarity is needed only before the first candidate that is the same program
+        same = next((k for k, i in enumerate(similar) if fingerprint and self._fingerprints[i] == fingerprint),
+                    len(similar))
+        compared = [i for i in similar[:same]
+                    if _could_reach(len(shingles), len(self._shingles[i]), NEAR_CODE_JACCARD)]
+        common = dict(zip(compared, _common(shingles, [self._shingles[i] for i in compared]))) if compared else {}
+        for i in similar[:same]:
+            if i in common and _jaccard_reaches(common[i], len(shingles), len(self._shingles[i]), NEAR_CODE_JACCARD):
+                return self._items[i][0]
+        return self._items[similar[same]][0] if same < len(similar) else None
 
 
 # --- categories and balance --------------------------------------------------------------

@@ -67,6 +67,9 @@ _DECISIONS = {ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHan
 _BLOCKS = {ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.Match}
 _DEFS = {ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
 _LOOPS = {ast.For, ast.AsyncFor, ast.While}
+# nodes without child nodes (contexts and operators), by their label in the fingerprint
+_LEAVES = {k: k.__name__ for base in (ast.expr_context, ast.boolop, ast.operator, ast.unaryop, ast.cmpop)
+           for k in base.__subclasses__()}
 _COUNTED_STATEMENTS = {k for k in vars(ast).values() if isinstance(k, type) and issubclass(k, ast.stmt)} - {
     ast.Pass, ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef}
 
@@ -116,6 +119,19 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
                 if not isinstance(child, ast.AST):
                     continue
                 kind = child.__class__
+                # leaves are labelled where they are met and never stacked: most nodes are
+                # names, their contexts, constants and operators
+                label = _LEAVES.get(kind)
+                if label is not None:
+                    shape.append(label)
+                    continue
+                if kind is ast.Name:
+                    shape.append("Name n%d %s" % (names.setdefault(child.id, len(names)),
+                                                  _LEAVES[child.ctx.__class__]))
+                    continue
+                if kind is ast.Constant:
+                    shape.append("Constant " + repr(child.value)[:40])
+                    continue
                 if kind is ast.Expr and child.value.__class__ is ast.Constant and isinstance(child.value.value, str):
                     continue  # docstrings and bare strings do not change what code does
                 shape.append(kind.__name__)
@@ -145,12 +161,8 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
                     complexity[scope] += 1
                     if kind in _LOOPS and child.orelse:
                         complexity[scope] += 1
-                elif kind is ast.Name:
-                    shape.append("n%d" % names.setdefault(child.id, len(names)))
                 elif kind is ast.Attribute:
                     shape.append(child.attr)
-                elif kind is ast.Constant:
-                    shape.append(repr(child.value)[:40])
                 elif kind is ast.arg:
                     shape.append("n%d" % names.setdefault(child.arg, len(names)))
                 elif kind is ast.BoolOp:

@@ -74,18 +74,53 @@ def test_balance_down_samples_to_the_smallest_category_with_a_floor_and_a_cap():
     assert balance(pool, mode="smallest", floor=0) == balance(list(pool), mode="smallest", floor=0)  # deterministic
 
 
+def _jaccard(x: set, y: set) -> float:
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
 def test_similarity_test_is_exact_jaccard():
     import random
 
-    from selftrain.data.clean import _similar
+    from selftrain.data.clean import _could_reach, _jaccard_reaches
 
     rng = random.Random(0)
     for _ in range(2000):
-        x = frozenset(rng.sample(range(40), rng.randrange(0, 30)))
-        y = frozenset(rng.sample(range(40), rng.randrange(0, 30)))
+        x = set(rng.sample(range(40), rng.randrange(0, 30)))
+        y = set(rng.sample(range(40), rng.randrange(0, 30)))
         for threshold in (0.5, 0.8):
-            jaccard = len(x & y) / len(x | y) if x | y else 1.0
-            assert _similar(x, y, threshold) == (jaccard >= threshold), (sorted(x), sorted(y), threshold)
+            reaches = _jaccard(x, y) >= threshold
+            assert _jaccard_reaches(len(x & y), len(x), len(y), threshold) == reaches, (sorted(x), sorted(y))
+            assert _could_reach(len(x), len(y), threshold) or not reaches  # the size bound never rules a match out
+
+
+def test_common_shingles_are_exact_set_intersections():
+    """Code shingles are compared as sorted uint64 arrays, many at once; values at and above
+    2**63 sort after the others as unsigned numbers, which the search must respect."""
+    import random
+
+    import numpy as np
+
+    from selftrain.data.clean import _common
+
+    rng = random.Random(2)
+    pool = [rng.randrange(1 << 64) for _ in range(60)] + [0, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+    as_array = lambda values: np.array(sorted(values), dtype=np.uint64)  # noqa: E731
+    for _ in range(500):
+        mine = set(rng.sample(pool, rng.randrange(0, 40)))
+        others = [set(rng.sample(pool, rng.randrange(0, 40))) for _ in range(rng.randrange(1, 6))]
+        assert _common(as_array(mine), [as_array(o) for o in others]) == [len(mine & o) for o in others]
+
+
+def test_the_first_earlier_twin_is_reported_whether_same_program_or_similar_code():
+    """Candidates are checked in the order they joined: an example similar in code that joined
+    before one that is the same program is the one reported, and the other way round."""
+    renamed = CODE.replace("acc", "running").replace("out", "sums")  # the same program
+    edited = CODE.replace("return out", "return list(out)")          # another program, similar code
+    for first, second in (("similar", "same"), ("same", "similar")):
+        index = NearDuplicateIndex()
+        for ref in (first, second):  # one family: both join the index
+            assert index.match(cand(ref, code=renamed if ref == "same" else edited, origin="family")) is None
+        assert index.match(cand("query")) == first
 
 
 def test_sketches_are_the_same_in_every_process():
@@ -109,7 +144,7 @@ def test_sketches_are_the_same_in_every_process():
 def test_prompt_similarity_on_bit_sets_is_exact_jaccard():
     import random
 
-    from selftrain.data.clean import _similar, _similar_bits
+    from selftrain.data.clean import _jaccard_reaches
 
     rng = random.Random(1)
     index = NearDuplicateIndex()
@@ -117,9 +152,9 @@ def test_prompt_similarity_on_bit_sets_is_exact_jaccard():
     for _ in range(2000):
         x = frozenset(rng.sample(words, rng.randrange(0, 30)))
         y = frozenset(rng.sample(words, rng.randrange(0, 30)))
+        both = (index._bits(x) & index._bits(y)).bit_count()
         for threshold in (0.5, 0.8):
-            assert _similar_bits(index._bits(x), len(x), index._bits(y), len(y), threshold) == \
-                _similar(x, y, threshold), (sorted(x), sorted(y), threshold)
+            assert _jaccard_reaches(both, len(x), len(y), threshold) == (_jaccard(x, y) >= threshold)
 
 
 def test_shingles_of_code_shorter_than_a_shingle():
