@@ -32,7 +32,7 @@ import functools
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 from selftrain.data.example import entry_point_in
@@ -270,7 +270,7 @@ _COMMENT = re.compile(r"(?m)^\s*#|\s#\s")
 def documentation(facts: CodeFacts, code: str, explanation: str) -> float:
     if not facts.parsed:
         return 0.0
-    commented = bool(_COMMENT.search(code))
+    commented = "#" in code and bool(_COMMENT.search(code))  # the substring test is 10x cheaper
     if facts.public_defs:
         docstrings = facts.documented / facts.public_defs
     else:
@@ -292,7 +292,7 @@ class Quality:
         return round(sum(getattr(self, k) * w for k, w in WEIGHTS.items()), 4)
 
     def to_json(self) -> dict:
-        return {k: round(v, 4) for k, v in asdict(self).items()}
+        return {k: round(getattr(self, k), 4) for k in WEIGHTS}
 
 
 def score_quality(prompt: str, code: str, explanation: str = "", entry_point: str | None = None, *,
