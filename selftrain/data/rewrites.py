@@ -55,6 +55,9 @@ def children(node: ast.AST) -> list[ast.AST]:
     return out
 
 
+_SCOPE_ROOTS = {ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda}
+
+
 def walk(node: ast.AST) -> list[ast.AST]:
     """`ast.walk(node)` as a list (the same breadth-first order), without its generators.
 
@@ -63,15 +66,29 @@ def walk(node: ast.AST) -> list[ast.AST]:
     cycles to be freed as soon as they are dropped). The mutations never change a tree's
     shape (renaming changes a name's `id` and puts it back; rewrites build new nodes around
     old subtrees), so what a node keeps stays right; a caller must not walk a tree it then
-    reshapes."""
+    reshapes.
+
+    Every function, class and lambda below gets its own walk from the same pass, without
+    another traversal: in breadth-first order the children of consecutive nodes are
+    consecutive, so a subtree's nodes on each level are one slice of the list."""
     below = node.__dict__.get("_below")
-    if below is None:
-        nodes = [node]
-        for n in nodes:  # the list grows as it is read: breadth first
-            nodes.extend(children(n))
-        node._below = tuple(nodes[1:])
-        return nodes
-    return [node, *below]
+    if below is not None:
+        return [node, *below]
+    nodes, spans = [node], []  # spans[k]: where the children of nodes[k] lie in `nodes`
+    for n in nodes:  # the list grows as it is read: breadth first
+        start = len(nodes)
+        nodes.extend(children(n))
+        spans.append((start, len(nodes)))
+    node._below = tuple(nodes[1:])
+    for k in range(1, len(nodes)):
+        inner = nodes[k]
+        if inner.__class__ in _SCOPE_ROOTS and "_below" not in inner.__dict__:
+            level, (first, end) = [], spans[k]
+            while first < end:  # one level of the subtree, then the children of that level
+                level += nodes[first:end]
+                first, end = spans[first][0], spans[end - 1][1]
+            inner._below = tuple(level)
+    return nodes
 
 
 def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:

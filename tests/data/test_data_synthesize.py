@@ -206,6 +206,14 @@ def test_walk_is_ast_walk_and_makes_no_reference_cycles():
     first = walk(tree)
     assert [type(n) for n in first] == [type(n) for n in ast.walk(ast.parse(CODE))]
     assert walk(tree) == first and walk(tree.body[-1]) == list(ast.walk(tree.body[-1]))
+    # every function, class and lambda gets its walk from the module's pass: the same nodes in the same order
+    nested = ast.parse("class A:\n    def m(self, xs):\n        def inner(y=lambda z: z + 1):\n"
+                       "            return [lambda q: q * y(q) for _ in xs]\n        return inner\n\n"
+                       "async def g(a):\n    class B:\n        k = (lambda: a)()\n    return B\n")
+    everything = walk(nested)
+    scopes = [n for n in everything if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+    assert len(scopes) == 8 and all("_below" in vars(n) for n in scopes)
+    assert all(walk(n) == list(ast.walk(n)) for n in scopes)
     alive = weakref.ref(tree.body[-1])
     enabled = gc.isenabled()
     gc.disable()
