@@ -313,15 +313,79 @@ _CATEGORY_KEYWORDS = {
     "lists": (r"\b(append|extend|zip|enumerate|sorted)\b|\[\s*\]", r"\b(lists?|arrays?|elements?|items?|chunks?|pairs?|flatten|rotate|window)\b"),
     "strings": (r"\b(join|upper|lower|strip|replace|isalpha)\b", r"\b(strings?|text|words?|characters?|substrings?|letters?|vowels?|case|palindrome|sentence)\b"),
 }
+class _Keywords:
+    """A keyword pattern and the literal strings one of which each of its matches contains
+    (read off the pattern's own syntax tree): a text holding none of them has no match, which
+    a substring search tells far faster than the regex engine can (most of the twenty
+    patterns find nothing in a given example)."""
+
+    def __init__(self, pattern: str, flags: int = 0):
+        self.regex = re.compile(pattern, flags)
+        self.literals = _required_literals(pattern, flags)
+
+    def count(self, text: str) -> int:
+        if self.literals is not None and not any(literal in text for literal in self.literals):
+            return 0
+        return len(self.regex.findall(text))
+
+
+def _required_literals(pattern: str, flags: int = 0) -> tuple[str, ...] | None:
+    """Strings one of which every match of `pattern` contains, or None when no such set is
+    found (then every text is searched). Case-insensitive patterns get None."""
+    from re import _constants as sre
+    from re import _parser
+
+    def required(items) -> set[str] | None:
+        options: list[set[str]] = []  # each: one of these strings is in every match
+        run: list[str] = []           # consecutive literal characters
+
+        def end_run():
+            if run:
+                options.append({"".join(run)})
+                run.clear()
+
+        for op, arg in items:
+            if op is sre.LITERAL:
+                run.append(chr(arg))
+                continue
+            end_run()
+            found = None
+            if op is sre.SUBPATTERN and not arg[1] & re.IGNORECASE:
+                found = required(arg[-1])
+            elif op is sre.ATOMIC_GROUP:
+                found = required(arg)
+            elif op is sre.BRANCH:
+                branches = [required(branch) for branch in arg[1]]
+                found = None if None in branches else set().union(*branches)
+            elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and arg[0] >= 1:
+                found = required(arg[2])
+            if found:
+                options.append(found)
+        end_run()
+        # the most selective option: its shortest string longest, then the fewest strings
+        return max(options, key=lambda o: (min(map(len, o)), -len(o))) if options else None
+
+    if flags & re.IGNORECASE:
+        return None
+    try:
+        found = required(_parser.parse(pattern, flags))
+    except Exception:  # a pattern the reader does not know: search every text
+        return None
+    if not found or "" in found:
+        return None
+    # a string holding another member adds nothing: the shorter one is found first
+    return tuple(sorted(x for x in found if not any(y != x and y in x for y in found)))
+
+
 # Prompt patterns are lower-case and matched against the lower-cased prompt (twice as fast as re.I).
-_CATEGORY_RULES = {name: (re.compile(code, re.M), re.compile(prompt))
+_CATEGORY_RULES = {name: (_Keywords(code, re.M), _Keywords(prompt))
                    for name, (code, prompt) in _CATEGORY_KEYWORDS.items()}
 
 
 def categorize(prompt: str, code: str) -> str:
     """A task category for an example that arrived without one."""
     prompt = prompt.lower()
-    votes = {name: 3 * len(p.findall(prompt)) + len(c.findall(code)) for name, (c, p) in _CATEGORY_RULES.items()}
+    votes = {name: 3 * p.count(prompt) + c.count(code) for name, (c, p) in _CATEGORY_RULES.items()}
     best = max(votes.values())
     return next(name for name, v in votes.items() if v == best) if best else "general"
 

@@ -165,3 +165,37 @@ def test_shingles_of_code_shorter_than_a_shingle():
     assert len(_shingles("x = y + 1 - 2")) == 3  # seven tokens: three 5-grams
     a, b = sketches([Candidate(ref="a", prompt="p", code="pass"), Candidate(ref="b", prompt="p", code="pass")])
     assert a == b
+
+
+def test_keyword_counts_skip_the_regex_only_where_it_cannot_match():
+    """Each category pattern is searched only in texts holding one of its required literals;
+    the counts are the regex's own on the demo interactions and the evaluation suites, and on
+    random texts for patterns with optional parts, alternatives, repeats and classes."""
+    import random
+    import re
+
+    from selftrain.cli import DEMO_INTERACTIONS
+    from selftrain.data.clean import _CATEGORY_RULES, _Keywords, _required_literals
+    from selftrain.evaluation.suites import load_suite
+
+    rows = [json.loads(line) for line in DEMO_INTERACTIONS.read_text().splitlines()]
+    problems = [p for name in ("demo", "humaneval") for p in load_suite(name).problems]
+    codes = [r["response"]["code"] for r in rows] + [p.prompt + (p.reference or "") for p in problems]
+    prompts = [r["prompt"].lower() for r in rows] + [p.prompt.lower() for p in problems]
+    for code_rule, prompt_rule in _CATEGORY_RULES.values():
+        assert code_rule.literals and prompt_rule.literals  # every rule is prefiltered
+        assert all(code_rule.count(t) == len(code_rule.regex.findall(t)) for t in codes)
+        assert all(prompt_rule.count(t) == len(prompt_rule.regex.findall(t)) for t in prompts)
+
+    assert _required_literals(r"x?yz") == ("yz",)
+    assert _required_literals(r"ab|c*") is None               # an alternative needs nothing
+    assert _required_literals(r"abc", re.IGNORECASE) is None  # case-folded: substrings would miss
+    assert _required_literals(r"(?i:abc)d") == ("d",)
+    assert _required_literals(r"\b(dates?|datetime|time)\b") == ("date", "time")
+    rng = random.Random(3)
+    patterns = [r"\b(ab|ba)c?\b", r"a(bc)+d|e\s*f", r"(?:xy){2,}|[ab]z", r"q(?=u)u+|\d+k", r"^\s*ab\s", r"(a|b)(c|d)"]
+    for pattern in patterns:
+        rule = _Keywords(pattern, re.M)
+        for _ in range(400):
+            text = "".join(rng.choice("abcdefkquxyz 1\n") for _ in range(rng.randrange(0, 30)))
+            assert rule.count(text) == len(rule.regex.findall(text)), (pattern, text)
