@@ -313,6 +313,8 @@ _CATEGORY_KEYWORDS = {
     "lists": (r"\b(append|extend|zip|enumerate|sorted)\b|\[\s*\]", r"\b(lists?|arrays?|elements?|items?|chunks?|pairs?|flatten|rotate|window)\b"),
     "strings": (r"\b(join|upper|lower|strip|replace|isalpha)\b", r"\b(strings?|text|words?|characters?|substrings?|letters?|vowels?|case|palindrome|sentence)\b"),
 }
+
+
 class _Keywords:
     """A keyword pattern and the literal strings one of which each of its matches contains
     (read off the pattern's own syntax tree): a text holding none of them has no match, which
@@ -373,7 +375,7 @@ def _required_literals(pattern: str, flags: int = 0) -> tuple[str, ...] | None:
         return None
     if not found or "" in found:
         return None
-    # a string holding another member adds nothing: the shorter one is found first
+    # a string that holds another member adds nothing: a text holding it holds the member
     return tuple(sorted(x for x in found if not any(y != x and y in x for y in found)))
 
 

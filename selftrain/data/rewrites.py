@@ -55,7 +55,7 @@ def children(node: ast.AST) -> list[ast.AST]:
     return out
 
 
-_SCOPE_ROOTS = {ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda}
+_SCOPES = {ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef}  # nodes that open a scope
 
 
 def walk(node: ast.AST) -> list[ast.AST]:
@@ -82,7 +82,7 @@ def walk(node: ast.AST) -> list[ast.AST]:
     node._below = tuple(nodes[1:])
     for k in range(1, len(nodes)):
         inner = nodes[k]
-        if inner.__class__ in _SCOPE_ROOTS and "_below" not in inner.__dict__:
+        if inner.__class__ in _SCOPES and "_below" not in inner.__dict__:
             level, (first, end) = [], spans[k]
             while first < end:  # one level of the subtree, then the children of that level
                 level += nodes[first:end]

@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from selftrain.data.example import Candidate, normalize
-from selftrain.data.rewrites import (Mutant, _lines_edit, checked, children, identifiers, vary_complexity,
-                                     vary_style, walk)
+from selftrain.data.rewrites import (_SCOPES, Mutant, _lines_edit, checked, children, identifiers,
+                                     vary_complexity, vary_style, walk)
 
 MUTATIONS = ("rename", "comments", "style", "complexity")
 Verify = Callable[[str, str], bool]
@@ -51,7 +51,6 @@ _SYNONYMS = {
 
 # --- renaming ------------------------------------------------------------------------------
 
-_SCOPES = {ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef}
 _FUNCTIONS = {ast.FunctionDef, ast.AsyncFunctionDef}
 _NAMED_BINDERS = {ast.ExceptHandler, ast.MatchAs, ast.MatchStar}  # bind `.name`, not through a Name node
 
