@@ -191,9 +191,11 @@ def _print_stats(stats: dict, digest: str, path: str, drops: int = 10) -> None:
         if counts:
             console.print(f"{title}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     synthetic = stats.get("synthetic") or {}
-    if synthetic.get("added") or synthetic.get("rejected"):
+    if synthetic.get("added") or synthetic.get("rejected") or synthetic.get("skipped for balance"):
+        skipped = synthetic.get("skipped for balance")
         console.print(f"Synthetic: {synthetic.get('added', 0)} added; rejected "
-                      + (", ".join(f"{k} {v}" for k, v in synthetic.get("rejected", {}).items()) or "none"))
+                      + (", ".join(f"{k} {v}" for k, v in synthetic.get("rejected", {}).items()) or "none")
+                      + (f"; {skipped} examples not mutated (balancing would drop their mutants)" if skipped else ""))
     quality = (stats.get("quality") or {}).get("scored") or {}
     if quality.get("n"):
         console.print(f"Quality of {quality['n']} scored: min {quality['min']:.2f}, median {quality['median']:.2f}, "

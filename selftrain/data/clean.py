@@ -392,32 +392,50 @@ def categorize(prompt: str, code: str) -> str:
     return next(name for name, v in votes.items() if v == best) if best else "general"
 
 
+def balance_limit(sizes, *, mode: str = "smallest", cap: int | None = None, floor: int = 10) -> int | None:
+    """How many examples balancing keeps of each category, given every category's size
+    (None: no limit)."""
+    limit = None
+    if mode == "smallest":
+        limit = max(min(sizes, default=0), floor)
+    elif mode != "none":
+        raise ValueError(f"balance mode must be 'smallest' or 'none', got {mode!r}")
+    if cap is not None:
+        limit = cap if limit is None else min(limit, cap)
+    return limit
+
+
+def balance_group(c: Candidate) -> str:
+    """The category an example is balanced in."""
+    return c.category or "uncategorized"
+
+
+def balance_key(c: Candidate, seed: int = 0) -> tuple:
+    """The order in which balancing keeps a category's examples: real ones first, then a
+    seeded random order. A mutant takes its origin's place in that order, so where a mutant
+    would stand is known before it is made (synthesis makes only those balancing keeps)."""
+    return (c.source == "synthetic", hashlib.blake2b(f"{seed}:{c.origin or c.ref}".encode(), digest_size=8).digest(),
+            c.ref)
+
+
 def balance(candidates: list[Candidate], *, mode: str = "smallest", cap: int | None = None,
             floor: int = 10, seed: int = 0) -> tuple[list[Candidate], list[Candidate]]:
     """(kept, dropped): each category down-sampled to the smallest one's size (spec),
     never below `floor`, and to at most `cap` per category when set.
 
-    `mode` "none" applies only the cap. Within a category real examples go before
-    synthetic ones, then a seeded random order decides; the input order is kept.
+    `mode` "none" applies only the cap. Within a category the first in `balance_key` order
+    are kept; the input order is kept.
     """
     by_category: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(candidates):
-        by_category[c.category or "uncategorized"].append(i)
+        by_category[balance_group(c)].append(i)
     if not by_category:
         return [], []
-    limit = None
-    if mode == "smallest":
-        limit = max(min(len(v) for v in by_category.values()), floor)
-    elif mode != "none":
-        raise ValueError(f"balance mode must be 'smallest' or 'none', got {mode!r}")
-    if cap is not None:
-        limit = cap if limit is None else min(limit, cap)
+    limit = balance_limit([len(v) for v in by_category.values()], mode=mode, cap=cap, floor=floor)
     if limit is None:
         return list(candidates), []
     keep: set[int] = set()
     for members in by_category.values():
-        ranked = sorted(members, key=lambda i: (candidates[i].source == "synthetic", hashlib.blake2b(
-            f"{seed}:{candidates[i].ref}".encode(), digest_size=8).digest()))
-        keep.update(ranked[:limit])
+        keep.update(sorted(members, key=lambda i: balance_key(candidates[i], seed))[:limit])
     return ([c for i, c in enumerate(candidates) if i in keep],
             [c for i, c in enumerate(candidates) if i not in keep])

@@ -8,21 +8,23 @@ Scrubbing runs before anything else reads the text. Length comes before quality 
 a too-short fragment is reported as such; overlap before synthesis so no mutant of an
 evaluation problem is made. Mutants pass the same length, quality and duplicate checks
 (and their tests, when they have any) before they join; balancing comes last so the
-final set is balanced.
+final set is balanced, and synthesis makes only the mutants balancing will keep.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
-from selftrain.data.clean import Exclusions, NearDuplicateIndex, Sketch, balance, categorize, exact_key, sketches
+from selftrain.data.clean import (Exclusions, NearDuplicateIndex, Sketch, balance, balance_group, balance_key,
+                                  balance_limit, categorize, exact_key, sketches)
 from selftrain.data.curate import Curation
 from selftrain.data.example import MAX_CHARS, MIN_CHARS, Candidate, Drop, formatted_length
 from selftrain.data.quality import Embedder, analyze_code, score_quality
@@ -170,42 +172,90 @@ def _chunk_size(n: int, workers: int, least: int) -> int:
     return max(least, min(250, n // (8 * workers)))
 
 
-class _Mutations:
-    """Mutants of the kept examples (`mutate_and_prepare`), made as the examples are kept: in
-    the process `pool`, queued behind the preparation already there, so the workers go from
-    one to the other without waiting for this process; without a pool, here, at the end.
-    `parts()` hands back each chunk's results in order; `rejected` counts the examples
-    synthesis skips."""
+class _Synthesis:
+    """Mutants of the kept examples, made only where balancing will keep them.
 
-    def __init__(self, config: CurationConfig, verify: Verify | None, embed: Embedder | None, pool, size: int):
+    Balancing keeps each category's real examples first, then its synthetic ones in
+    `balance_key` order, where a mutant stands in its origin's place. So a category's
+    examples are mutated in that order, and only until its mutants that passed every check
+    fill the room the final limit could still leave it (`balance_limit` over the most each
+    category could still reach). A mutant not made is one balancing would have dropped: the
+    kept set is the one making every mutant would give, except that a mutant balancing
+    drops no longer counts as another's near duplicate. With no limit (balance 'none', no
+    cap) every mutant is made.
+
+    Mutants are made in the process `pool` (or here), in chunks, and handed back in the
+    order they were asked for; what is asked next depends only on what came back before,
+    so the result does not depend on the number of workers.
+    """
+
+    def __init__(self, kept: list[Candidate], config: CurationConfig, verify: Verify | None,
+                 embed: Embedder | None, pool, size: int):
         self.run = functools.partial(mutate_and_prepare, per_example=config.synthetic_per_example,
                                      seed=config.seed, mutations=config.mutations, near=config.near_duplicates)
-        self.per_example, self.verify, self.embed, self.pool, self.size = (
-            config.synthetic_per_example, verify, embed, pool, size)
-        self.rejected: Counter = Counter()
-        self.pending: list[Candidate] = []
-        self.chunks: list = []  # futures (with a pool) or candidate lists, in order
-
-    def add(self, c: Candidate) -> None:
-        if self.per_example <= 0:
-            return
-        todo, rejected = mutable([c], self.per_example, self.verify)
-        self.rejected += rejected
-        self.pending += todo
-        if len(self.pending) >= self.size:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            chunk, self.pending = self.pending, []
-            self.chunks.append(self.pool.submit(self.run, chunk) if self.pool is not None else chunk)
+        self.config, self.embed, self.pool, self.size = config, embed, pool, size
+        self.per = config.synthetic_per_example
+        todo, self.rejected = mutable(kept, self.per, verify)
+        self.sizes = Counter(balance_group(c) for c in kept)  # every kept example, real or synthetic
+        self.real = Counter(balance_group(c) for c in kept if c.source != "synthetic")
+        self.queues: dict[str, deque] = {}  # per category, in balance order
+        for c in sorted(todo, key=lambda c: balance_key(c, config.seed)):
+            self.queues.setdefault(balance_group(c), deque()).append(c)
+        self.added: Counter = Counter()  # mutants that passed every check, per category
+        self.flying: Counter = Counter()  # examples being mutated, per category
+        self.pending: deque = deque()  # (examples, future or None), in the order asked
 
     def parts(self) -> Iterator[list]:
-        self._flush()
-        self.chunks.reverse()
-        while self.chunks:  # each chunk is let go once handed back
-            chunk = self.chunks.pop()
-            yield chunk.result() if self.pool is not None else self.run(chunk, embed=self.embed)
+        """Each chunk's `mutate_and_prepare` result, in order; `passed(m)` for each mutant that
+        joins, before the next chunk is asked for."""
+        self._ask()
+        while self.pending:
+            chunk, future = self.pending.popleft()
+            yield future.result() if future is not None else self.run(chunk, embed=self.embed)
+            for c in chunk:
+                self.flying[balance_group(c)] -= 1
+            self._ask()
+
+    def passed(self, m: Candidate) -> None:
+        self.added[balance_group(m)] += 1
+
+    @property
+    def skipped(self) -> int:
+        """Examples not mutated: balancing would have dropped their mutants."""
+        return sum(len(q) for q in self.queues.values())
+
+    def _wanted(self) -> dict[str, int]:
+        """How many more examples to mutate, per category, if every mutant passes."""
+        reach = {k: n + self.added[k] + self.per * (len(self.queues.get(k, ())) + self.flying[k])
+                 for k, n in self.sizes.items()}
+        limit = balance_limit(reach.values(), mode=self.config.balance, cap=self.config.category_cap,
+                              floor=self.config.balance_floor)
+        wanted = {}
+        for k, q in self.queues.items():
+            room = len(q) * self.per if limit is None else (
+                limit - self.real[k] - self.added[k] - self.per * self.flying[k])
+            wanted[k] = min(len(q), max(0, -(-room // self.per)))
+        return wanted
+
+    def _ask(self) -> None:
+        """Ask for the examples wanted, first in balance order across categories, but only
+        enough to keep two chunks per worker in hand (one, without a pool): what comes back
+        (mutations that do not apply, mutants that fail a check) tightens the limit before
+        more is asked."""
+        workers = self.config.workers if self.pool is not None else 1
+        room = ((2 * workers if self.pool is not None else 1) - len(self.pending)) * self.size
+        if room <= 0:
+            return
+        wanted = self._wanted()
+        batch = sorted((c for k, n in wanted.items() for c in itertools.islice(self.queues[k], n)),
+                       key=lambda c: balance_key(c, self.config.seed))[:room]
+        for c in batch:  # a prefix of each category's queue
+            self.queues[balance_group(c)].popleft()
+            self.flying[balance_group(c)] += 1
+        size = max(1, min(self.size, -(-len(batch) // workers)))
+        for i in range(0, len(batch), size):
+            chunk = batch[i:i + size]
+            self.pending.append((chunk, self.pool.submit(self.run, chunk) if self.pool is not None else None))
 
 
 _IN_ORDER = ("length", "overlap", "quality", "dedupe")  # stages each example meets in turn
@@ -283,9 +333,6 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
         if config.workers > 1 and embed is None and len(candidates) >= 200:
             processes = stack.enter_context(process_pool(config.workers))
             stack.callback(processes.shutdown, cancel_futures=True)  # on an error, drop the work still queued
-        # Mutants of each kept example are made (in the pool, behind the preparation) as soon
-        # as it is kept; they meet their checks below, after every real example.
-        mutations = _Mutations(config, verify, embed, processes, _chunk_size(len(candidates), config.workers, 25))
         clock = time.perf_counter()
         stream = _prepare_stream(candidates, processes, config.workers, embed, exclusions, config.near_duplicates)
         for c, p in zip(candidates, stream):
@@ -308,14 +355,19 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
                 flow[name][1] += 1
             else:
                 kept.append(c)
-                mutations.add(c)
         log.record("scrub + score", len(candidates), len(candidates), flow.pop("scrub + score")[2],
                    secrets=sum(result.secrets.values()))
         for name, (n_in, n_out, seconds) in flow.items():
             log.record(name, n_in, n_out, seconds)
 
-        added, rejected = _check_mutants(mutations, config, verify, seen, index, result)
+        # Mutants of the kept examples, made (in the pool) where balancing will keep them;
+        # they meet their checks here, in order, after every real example.
+        synthesis = _Synthesis(kept, config, verify, embed, processes,
+                               _chunk_size(len(candidates), config.workers, 25))
+        added, rejected = _check_mutants(synthesis, config, verify, seen, index, result)
     result.synthetic = {"added": len(added), "rejected": dict(rejected)}
+    if synthesis.skipped:
+        result.synthetic["skipped for balance"] = synthesis.skipped
     log.done("synthesize", len(kept), len(kept) + len(added), added=len(added))
 
     pool = kept + added
@@ -330,14 +382,14 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
     return result
 
 
-def _check_mutants(mutations: _Mutations, config: CurationConfig, verify: Verify | None, seen: set[str],
+def _check_mutants(synthesis: _Synthesis, config: CurationConfig, verify: Verify | None, seen: set[str],
                    index: NearDuplicateIndex | None, result: Curation) -> tuple[list[Candidate], Counter]:
     """(the mutants that join, Counter of the others by reason). Each chunk of mutants, in
     order, is verified (their tests, in the sandbox) and checked like real examples while the
     workers go on with the next chunks."""
-    rejected = mutations.rejected
+    rejected = synthesis.rejected
     added = []
-    for part in mutations.parts():
+    for part in synthesis.parts():
         if missing := sum(n for _, n in part):
             rejected["no applicable mutation"] += missing
         made = [pair for pairs, _ in part for pair in pairs]
@@ -356,6 +408,7 @@ def _check_mutants(mutations: _Mutations, config: CurationConfig, verify: Verify
                 result.drops.append(Drop(m.ref, "synthesize", *reason))
             else:
                 added.append(m)
+                synthesis.passed(m)
     return added, rejected
 
 

@@ -1,8 +1,10 @@
 """The whole pipeline: every example is accounted for, stage by stage."""
 
+import json
 from types import SimpleNamespace
 
-from selftrain.data.clean import Exclusions
+from selftrain.cli import DEMO_INTERACTIONS
+from selftrain.data.clean import Exclusions, balance
 from selftrain.data.curate import curate_interactions, read_snapshot, write_snapshot
 from selftrain.data.pipeline import CurationConfig
 from selftrain.store.records import FeedbackSummary
@@ -59,14 +61,52 @@ def test_synthesis_balance_and_snapshot(tmp_path):
     config = CurationConfig(synthetic_per_example=1, mutations=("rename",), balance="smallest", balance_floor=0)
     cur = curate_interactions(items, config=config)
     stats = cur.stats()
-    assert stats["synthetic"]["added"] == 5
+    # math holds more real examples than balancing keeps: its mutants would all be dropped,
+    # so none is made; strings gets its one
+    assert stats["synthetic"] == {"added": 1, "rejected": {}, "skipped for balance": 4}
     assert stats["categories"] == {"math": 2, "strings": 2}  # down-sampled to the smallest category
-    assert stats["dropped"] == {"balance": 6}
+    assert stats["dropped"] == {"balance": 2}
     assert stats["input"] + stats["synthetic"]["added"] - sum(stats["dropped"].values()) == stats["kept"]
     synthetic = [e for e in cur.examples if e.source == "synthetic"]
     assert synthetic and all(e.origin and e.mutation == "rename" for e in synthetic)
     digest, path = write_snapshot(cur.examples, tmp_path)
     assert read_snapshot(path) == cur.examples and len(digest) == 64
+
+
+def demo_items():
+    """The bundled demo interactions (13 per category), all accepted, without their tests."""
+    rows = [json.loads(line) for line in DEMO_INTERACTIONS.read_text().splitlines()]
+    return [item(i + 1, accepted=True, prompt=r["prompt"], code=r["response"]["code"], category=r["category"],
+                 explanation=r["response"]["explanation"], entry_point=r["entry_point"]) for i, r in enumerate(rows)]
+
+
+def test_synthesis_makes_only_the_mutants_balancing_keeps():
+    """The kept set is the one that making every mutant and then balancing gives, with fewer
+    mutants made. Renaming only: a third of the examples have nothing to rename, so more must
+    be asked for as results come back."""
+    items = demo_items()
+    for balancing in (dict(balance="smallest", balance_floor=0), dict(balance="none", category_cap=16),
+                      dict(balance="smallest", balance_floor=0, seed=3)):
+        base = dict(synthetic_per_example=1, mutations=("rename",), seed=balancing.get("seed", 0))
+        everything = curate_interactions(items, config=CurationConfig(**base, balance="none"))
+        wanted, _ = balance(everything.examples, mode=balancing["balance"], cap=balancing.get("category_cap"),
+                            floor=balancing.get("balance_floor", 10), seed=base["seed"])
+        cur = curate_interactions(items, config=CurationConfig(**{**base, **balancing}))
+        assert sorted(e.ref for e in cur.examples) == sorted(e.ref for e in wanted)
+        assert set(cur.examples) == set(wanted)  # the same examples, field for field
+        made = cur.synthetic["added"] + sum(cur.synthetic["rejected"].values())
+        assert made + cur.synthetic["skipped for balance"] == len(items)
+        assert cur.synthetic["skipped for balance"] >= 15 and everything.synthetic["added"] > cur.synthetic["added"]
+
+
+def test_synthesis_for_balance_is_the_same_in_worker_processes():
+    items = demo_items() + [item(1000 + i, accepted=True, **func(f"k{i}_add", body=f"result = x + {i}\n    return result"))
+                            for i in range(100)]  # enough examples for the process pool (most are near duplicates)
+    config = dict(synthetic_per_example=1, balance="smallest", balance_floor=0)
+    one = curate_interactions(items, config=CurationConfig(**config))
+    two = curate_interactions(items, config=CurationConfig(**config, workers=2))
+    assert one.examples == two.examples and one.drops == two.drops and one.synthetic == two.synthetic
+    assert one.synthetic["skipped for balance"] > 0 and one.synthetic["added"] > 50
 
 
 def test_parallel_workers_give_the_same_result():
