@@ -185,17 +185,23 @@ class _Synthesis:
     cap) every mutant is made.
 
     Mutants are made in the process `pool` (or here), in chunks, and handed back in the
-    order they were asked for; what is asked next depends only on what came back before,
-    so the result does not depend on the number of workers.
+    order they were asked for. At most `IN_HAND` chunks are asked for ahead of what came
+    back, a few dozen examples each: what comes back (mutations that do not apply, mutants
+    that fail a check) tightens the limit before more is asked. Chunks and their order
+    depend only on what came back before, never on the number of workers, so neither does
+    the result.
     """
 
+    IN_HAND = 8
+
     def __init__(self, kept: list[Candidate], config: CurationConfig, verify: Verify | None,
-                 embed: Embedder | None, pool, size: int):
+                 embed: Embedder | None, pool):
         self.run = functools.partial(mutate_and_prepare, per_example=config.synthetic_per_example,
                                      seed=config.seed, mutations=config.mutations, near=config.near_duplicates)
-        self.config, self.embed, self.pool, self.size = config, embed, pool, size
+        self.config, self.embed, self.pool = config, embed, pool
         self.per = config.synthetic_per_example
         todo, self.rejected = mutable(kept, self.per, verify)
+        self.size = max(8, min(64, -(-len(todo) // 64)))  # examples per chunk
         self.sizes = Counter(balance_group(c) for c in kept)  # every kept example, real or synthetic
         self.real = Counter(balance_group(c) for c in kept if c.source != "synthetic")
         self.queues: dict[str, deque] = {}  # per category, in balance order
@@ -238,23 +244,18 @@ class _Synthesis:
         return wanted
 
     def _ask(self) -> None:
-        """Ask for the examples wanted, first in balance order across categories, but only
-        enough to keep two chunks per worker in hand (one, without a pool): what comes back
-        (mutations that do not apply, mutants that fail a check) tightens the limit before
-        more is asked."""
-        workers = self.config.workers if self.pool is not None else 1
-        room = ((2 * workers if self.pool is not None else 1) - len(self.pending)) * self.size
+        """Ask for the examples wanted, first in balance order across categories, up to
+        `IN_HAND` chunks in hand."""
+        room = (self.IN_HAND - len(self.pending)) * self.size
         if room <= 0:
             return
-        wanted = self._wanted()
-        batch = sorted((c for k, n in wanted.items() for c in itertools.islice(self.queues[k], n)),
+        batch = sorted((c for k, n in self._wanted().items() for c in itertools.islice(self.queues[k], n)),
                        key=lambda c: balance_key(c, self.config.seed))[:room]
         for c in batch:  # a prefix of each category's queue
             self.queues[balance_group(c)].popleft()
             self.flying[balance_group(c)] += 1
-        size = max(1, min(self.size, -(-len(batch) // workers)))
-        for i in range(0, len(batch), size):
-            chunk = batch[i:i + size]
+        for i in range(0, len(batch), self.size):
+            chunk = batch[i:i + self.size]
             self.pending.append((chunk, self.pool.submit(self.run, chunk) if self.pool is not None else None))
 
 
@@ -362,8 +363,7 @@ def _curate(candidates: list[Candidate], drops, *, n_input, config, exclusions, 
 
         # Mutants of the kept examples, made (in the pool) where balancing will keep them;
         # they meet their checks here, in order, after every real example.
-        synthesis = _Synthesis(kept, config, verify, embed, processes,
-                               _chunk_size(len(candidates), config.workers, 25))
+        synthesis = _Synthesis(kept, config, verify, embed, processes)
         added, rejected = _check_mutants(synthesis, config, verify, seen, index, result)
     result.synthetic = {"added": len(added), "rejected": dict(rejected)}
     if synthesis.skipped:
