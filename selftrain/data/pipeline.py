@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import heapq
 import itertools
 import os
 import time
@@ -204,9 +205,9 @@ class _Synthesis:
         self.size = max(8, min(64, -(-len(todo) // 64)))  # examples per chunk
         self.sizes = Counter(balance_group(c) for c in kept)  # every kept example, real or synthetic
         self.real = Counter(balance_group(c) for c in kept if c.source != "synthetic")
-        self.queues: dict[str, deque] = {}  # per category, in balance order
-        for c in sorted(todo, key=lambda c: balance_key(c, config.seed)):
-            self.queues.setdefault(balance_group(c), deque()).append(c)
+        self.queues: dict[str, deque] = {}  # per category, (balance key, example) in balance order
+        for key, c in sorted(((balance_key(c, config.seed), c) for c in todo), key=lambda pair: pair[0]):
+            self.queues.setdefault(balance_group(c), deque()).append((key, c))
         self.added: Counter = Counter()  # mutants that passed every check, per category
         self.flying: Counter = Counter()  # examples being mutated, per category
         self.pending: deque = deque()  # (examples, future or None), in the order asked
@@ -249,8 +250,8 @@ class _Synthesis:
         room = (self.IN_HAND - len(self.pending)) * self.size
         if room <= 0:
             return
-        batch = sorted((c for k, n in self._wanted().items() for c in itertools.islice(self.queues[k], n)),
-                       key=lambda c: balance_key(c, self.config.seed))[:room]
+        heads = (itertools.islice(self.queues[k], n) for k, n in self._wanted().items())
+        batch = [c for _, c in itertools.islice(heapq.merge(*heads, key=lambda pair: pair[0]), room)]
         for c in batch:  # a prefix of each category's queue
             self.queues[balance_group(c)].popleft()
             self.flying[balance_group(c)] += 1
