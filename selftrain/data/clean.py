@@ -23,6 +23,7 @@ import random
 import re
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from selftrain.data.example import Candidate, entry_point_in, normalize
@@ -392,7 +393,7 @@ def categorize(prompt: str, code: str) -> str:
     return next(name for name, v in votes.items() if v == best) if best else "general"
 
 
-def balance_limit(sizes, *, mode: str = "smallest", cap: int | None = None, floor: int = 10) -> int | None:
+def balance_limit(sizes: Iterable[int], *, mode: str = "smallest", cap: int | None = None, floor: int = 10) -> int | None:
     """How many examples balancing keeps of each category, given every category's size
     (None: no limit)."""
     limit = None

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import heapq
-import itertools
 import os
 import time
 from collections import Counter, deque
@@ -186,11 +184,12 @@ class _Synthesis:
     cap) every mutant is made.
 
     Mutants are made in the process `pool` (or here), in chunks, and handed back in the
-    order they were asked for. At most `IN_HAND` chunks are asked for ahead of what came
-    back, a few dozen examples each: what comes back (mutations that do not apply, mutants
-    that fail a check) tightens the limit before more is asked. Chunks and their order
-    depend only on what came back before, never on the number of workers, so neither does
-    the result.
+    order they were asked for. At most `IN_HAND` chunks (of 4–64 examples, by the amount of
+    work) are asked for ahead of what came back: what comes back (mutations that do not
+    apply, mutants that fail a check) tightens the limit before more is asked, and the
+    categories that could reach least, which set the limit, are asked for first. Chunks
+    and their order depend only on what came back before, never on the number of
+    workers, so neither does the result.
     """
 
     IN_HAND = 8
@@ -202,7 +201,7 @@ class _Synthesis:
         self.config, self.embed, self.pool = config, embed, pool
         self.per = config.synthetic_per_example
         todo, self.rejected = mutable(kept, self.per, verify)
-        self.size = max(8, min(64, -(-len(todo) // 64)))  # examples per chunk
+        self.size = max(4, min(64, -(-len(todo) // 64)))  # examples per chunk
         self.sizes = Counter(balance_group(c) for c in kept)  # every kept example, real or synthetic
         self.real = Counter(balance_group(c) for c in kept if c.source != "synthetic")
         self.queues: dict[str, deque] = {}  # per category, (balance key, example) in balance order
@@ -231,8 +230,9 @@ class _Synthesis:
         """Examples not mutated: balancing would have dropped their mutants."""
         return sum(len(q) for q in self.queues.values())
 
-    def _wanted(self) -> dict[str, int]:
-        """How many more examples to mutate, per category, if every mutant passes."""
+    def _wanted(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many more examples to mutate, per category, if every mutant passes; and the
+        most each category could still reach."""
         reach = {k: n + self.added[k] + self.per * (len(self.queues.get(k, ())) + self.flying[k])
                  for k, n in self.sizes.items()}
         limit = balance_limit(reach.values(), mode=self.config.balance, cap=self.config.category_cap,
@@ -242,19 +242,21 @@ class _Synthesis:
             room = len(q) * self.per if limit is None else (
                 limit - self.real[k] - self.added[k] - self.per * self.flying[k])
             wanted[k] = min(len(q), max(0, -(-room // self.per)))
-        return wanted
+        return wanted, reach
 
     def _ask(self) -> None:
-        """Ask for the examples wanted, first in balance order across categories, up to
-        `IN_HAND` chunks in hand."""
+        """Ask for the examples wanted, up to `IN_HAND` chunks in hand: first from the
+        categories that could reach least (they set the limit; the others wait for it to
+        tighten), each in balance order."""
         room = (self.IN_HAND - len(self.pending)) * self.size
         if room <= 0:
             return
-        heads = (itertools.islice(self.queues[k], n) for k, n in self._wanted().items())
-        batch = [c for _, c in itertools.islice(heapq.merge(*heads, key=lambda pair: pair[0]), room)]
-        for c in batch:  # a prefix of each category's queue
-            self.queues[balance_group(c)].popleft()
-            self.flying[balance_group(c)] += 1
+        wanted, reach = self._wanted()
+        batch = []
+        for k in sorted(wanted, key=lambda k: (reach[k], k)):
+            take = min(wanted[k], room - len(batch))
+            batch += [self.queues[k].popleft()[1] for _ in range(take)]
+            self.flying[k] += take
         for i in range(0, len(batch), self.size):
             chunk = batch[i:i + self.size]
             self.pending.append((chunk, self.pool.submit(self.run, chunk) if self.pool is not None else None))
