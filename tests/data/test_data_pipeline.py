@@ -94,13 +94,12 @@ def test_synthesis_makes_only_the_mutants_balancing_keeps():
             (uneven, dict(synthetic_per_example=2, seed=1), dict(balance="smallest", balance_floor=0, category_cap=15))):
         everything = curate_interactions(examples, config=CurationConfig(**base, balance="none"))
         wanted, _ = balance(everything.examples, mode=balancing["balance"], cap=balancing.get("category_cap"),
-                            floor=balancing["balance_floor"] if "balance_floor" in balancing else 10,
-                            seed=base.get("seed", 0))
+                            floor=balancing.get("balance_floor", 10), seed=base.get("seed", 0))
         cur = curate_interactions(examples, config=CurationConfig(**base, **balancing))
         assert sorted(e.ref for e in cur.examples) == sorted(e.ref for e in wanted)
         assert set(cur.examples) == set(wanted)  # the same examples, field for field
         assert cur.synthetic["skipped for balance"] >= 15 and everything.synthetic["added"] > cur.synthetic["added"]
-        if base["synthetic_per_example"] == 1:  # every example is either mutated or skipped
+        if base["synthetic_per_example"] == 1:  # every demo example is kept, then mutated or skipped
             made = cur.synthetic["added"] + sum(cur.synthetic["rejected"].values())
             assert made + cur.synthetic["skipped for balance"] == len(examples)
 
