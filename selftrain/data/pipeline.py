@@ -204,9 +204,9 @@ class _Synthesis:
         self.size = max(4, min(64, -(-len(todo) // 64)))  # examples per chunk
         self.sizes = Counter(balance_group(c) for c in kept)  # every kept example, real or synthetic
         self.real = Counter(balance_group(c) for c in kept if c.source != "synthetic")
-        self.queues: dict[str, deque] = {}  # per category, (balance key, example) in balance order
-        for key, c in sorted(((balance_key(c, config.seed), c) for c in todo), key=lambda pair: pair[0]):
-            self.queues.setdefault(balance_group(c), deque()).append((key, c))
+        self.queues: dict[str, deque] = {}  # per category, its examples in balance order
+        for c in sorted(todo, key=lambda c: balance_key(c, config.seed)):
+            self.queues.setdefault(balance_group(c), deque()).append(c)
         self.added: Counter = Counter()  # mutants that passed every check, per category
         self.flying: Counter = Counter()  # examples being mutated, per category
         self.pending: deque = deque()  # (examples, future or None), in the order asked
@@ -255,7 +255,7 @@ class _Synthesis:
         batch = []
         for k in sorted(wanted, key=lambda k: (reach[k], k)):
             take = min(wanted[k], room - len(batch))
-            batch += [self.queues[k].popleft()[1] for _ in range(take)]
+            batch += [self.queues[k].popleft() for _ in range(take)]
             self.flying[k] += take
         for i in range(0, len(batch), self.size):
             chunk = batch[i:i + self.size]
