@@ -115,13 +115,30 @@ def find_secrets(text: str) -> list[tuple[int, str, str]]:
     return [(i, v, kind) for i, v, kind in dict.fromkeys(found) if v and not _is_false_positive(v, lines[i])]
 
 
+# Each pattern below with the substrings (of the lower-cased text) one of which any match
+# holds: a text without them is not searched.
+_PATTERNS = ((_URL_CREDENTIALS, 1, "Connection String", ("://",)),
+             (_PASSWORD_PAIR, 1, "Connection String", ("passw", "pwd")),
+             (_PASSWORD_PARAM, 1, "Connection String", ("passw", "pwd")),
+             (_BEARER, 1, "Bearer Token", ("bearer",)),
+             (_CREDENTIAL_ASSIGNMENT, 2, "Credential Assignment",
+              ("token", "credential", "access_key", "accesskey", "secret_key", "secretkey", "client_secret",
+               "clientsecret", "auth_key", "authkey", "api_key", "apikey")))
+
+
+def _folded(text: str) -> str:
+    """`text` in lower case, with the two letters IGNORECASE also matches to ASCII ones ('ı'
+    to i, 'ſ' to s), so that a pattern's literal is in it wherever the pattern could match."""
+    low = text.lower()
+    return low if low.isascii() else low.replace("ı", "i").replace("ſ", "s")
+
+
 def _pattern_spans(text: str) -> list[tuple[int, int, str]]:
     spans = [(m.start(), m.end(), "Private Key") for m in _PRIVATE_KEY_BLOCK.finditer(text)]
-    for pattern, group, kind in ((_URL_CREDENTIALS, 1, "Connection String"),
-                                 (_PASSWORD_PAIR, 1, "Connection String"),
-                                 (_PASSWORD_PARAM, 1, "Connection String"),
-                                 (_BEARER, 1, "Bearer Token"),
-                                 (_CREDENTIAL_ASSIGNMENT, 2, "Credential Assignment")):
+    low = _folded(text)
+    for pattern, group, kind, needs in _PATTERNS:
+        if not any(word in low for word in needs):
+            continue
         for m in pattern.finditer(text):
             value = m.group(group)
             if not _is_false_positive(value, ""):
@@ -141,17 +158,41 @@ def _bounded(value: str) -> re.Pattern:
 # strings almost always do; Cloudant API keys are 24 letters next to a key/pass name),
 # and the rest need a keyword or a literal marker. Most examples pass none, and skip the
 # ~20 detectors for a few µs of plain substring search.
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
+# (the look-behind starts a match only where a run of token characters starts, instead of
+# trying again at every character of a shorter run: the same matches, 20% faster)
+_LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_\-+/=.])[A-Za-z0-9_\-+/=.]{16,}")
 _MIXED = re.compile(r"[A-Za-z]\d|\d[A-Za-z]")
 _MARKER_WORDS = ("://", "private key", "putty", "bearer", "passw", "pwd", "secret", "token", "credential",
                  "contrase")
-_KEY_NAMES = re.compile(r"(?:api|auth|access|service|account|db|database|priv|private|client)_?key|"
-                        r"key_?pass|(?:db|database)_?pass")
+# Names of keys and passwords: (api|auth|access|service|account|db|database|priv|private|client)_?key,
+# key_?pass and (db|database)_?pass, found from each "key" and "pass" (C substring searches)
+# rather than by a regex that tries its alternatives at every position of the text.
+_KEY_OWNERS = tuple(owner + sep for owner in ("api", "auth", "access", "service", "account", "db", "database",
+                                              "priv", "private", "client") for sep in ("", "_"))
+_PASS_OWNERS = ("db", "db_", "database", "database_")
+
+
+def _names_a_key(low: str) -> bool:
+    at = low.find("key")
+    while at >= 0:
+        if low.endswith(_KEY_OWNERS, 0, at) or low.startswith(("pass", "_pass"), at + 3):
+            return True
+        at = low.find("key", at + 1)
+    at = low.find("pass")
+    while at >= 0:
+        if low.endswith(_PASS_OWNERS, 0, at):
+            return True
+        at = low.find("pass", at + 1)
+    return False
+
 
 
 def might_hold_secrets(text: str) -> bool:
     low = text.lower()
-    if any(word in low for word in _MARKER_WORDS) or (("key" in low or "pass" in low) and _KEY_NAMES.search(low)):
+    for word in _MARKER_WORDS:
+        if word in low:
+            return True
+    if _names_a_key(low):
         return True
     for m in _LONG_TOKEN.finditer(text):
         token = m.group()

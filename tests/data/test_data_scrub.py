@@ -86,3 +86,34 @@ def test_no_false_positives_on_the_bundled_demo_data():
         for text in (row["prompt"], row["response"]["code"], row["response"]["explanation"], row["tests"],
                      row["feedback"].get("corrected_code") or ""):
             assert scrub_text(text) == (text, []), row["id"]
+
+
+def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
+    """`might_hold_secrets` finds key names by substring searches, and each precise pattern
+    is searched only in texts holding its literals: on texts built to hit every edge (the
+    names with and without '_', at the text's ends, runs of token characters just under
+    and over 16), they agree with plain regex searches."""
+    import random
+    import re
+
+    from selftrain.data import scrub
+
+    key_names = re.compile(r"(?:api|auth|access|service|account|db|database|priv|private|client)_?key|"
+                           r"key_?pass|(?:db|database)_?pass")
+    long_token = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
+    pieces = ["key", "pass", "db", "database", "_", "api", "priv", "private", "client", "x", " ", "\n", "-",
+              "token", "Token", "://", "password=", "pwd=", ";", "'", '"', "?", "&", "Bearer ", "=", ":",
+              "a1B2c3D4e5F6g7H8", "abcdefghijklmno", "ı", "ſ", "K", "credentıal", "API_KEY"]
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12))) for _ in range(30000)]
+    texts += [code for code, _ in SECRETS.values()] + ORDINARY
+    # IGNORECASE matches 'ı' to i and 'ſ' to s, which lower() leaves alone
+    texts += ['credentıal = "a1B2c3D4e5F6g7H8x"', 'conn = "Server=db;paſsword=hunter2;"']
+    for text in texts:
+        low = text.lower()
+        assert scrub._names_a_key(low) == bool(key_names.search(low)), text
+        assert [m.span() for m in scrub._LONG_TOKEN.finditer(text)] == [m.span() for m in long_token.finditer(text)]
+        folded = scrub._folded(text)
+        for pattern, _, _, needs in scrub._PATTERNS:
+            if pattern.search(text):
+                assert any(word in folded for word in needs), (pattern.pattern, text)
