@@ -158,9 +158,7 @@ def _bounded(value: str) -> re.Pattern:
 # strings almost always do; Cloudant API keys are 24 letters next to a key/pass name),
 # and the rest need a keyword or a literal marker. Most examples pass none, and skip the
 # ~20 detectors for a few µs of plain substring search.
-# (the look-behind starts a match only where a run of token characters starts, instead of
-# trying again at every character of a shorter run: the same matches, 20% faster)
-_LONG_TOKEN = re.compile(r"(?<![A-Za-z0-9_\-+/=.])[A-Za-z0-9_\-+/=.]{16,}")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
 _MIXED = re.compile(r"[A-Za-z]\d|\d[A-Za-z]")
 _MARKER_WORDS = ("://", "private key", "putty", "bearer", "passw", "pwd", "secret", "token", "credential",
                  "contrase")

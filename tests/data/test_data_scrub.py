@@ -91,8 +91,8 @@ def test_no_false_positives_on_the_bundled_demo_data():
 def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
     """`might_hold_secrets` finds key names by substring searches, and each precise pattern
     is searched only in texts holding its literals: on texts built to hit every edge (the
-    names with and without '_', at the text's ends, runs of token characters just under
-    and over 16), they agree with plain regex searches."""
+    names with and without '_', at the text's ends, letters IGNORECASE folds), they agree
+    with plain regex searches."""
     import random
     import re
 
@@ -100,7 +100,6 @@ def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
 
     key_names = re.compile(r"(?:api|auth|access|service|account|db|database|priv|private|client)_?key|"
                            r"key_?pass|(?:db|database)_?pass")
-    long_token = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
     pieces = ["key", "pass", "db", "database", "_", "api", "priv", "private", "client", "x", " ", "\n", "-",
               "token", "Token", "://", "password=", "pwd=", ";", "'", '"', "?", "&", "Bearer ", "=", ":",
               "a1B2c3D4e5F6g7H8", "abcdefghijklmno", "ı", "ſ", "K", "credentıal", "API_KEY"]
@@ -112,7 +111,6 @@ def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
     for text in texts:
         low = text.lower()
         assert scrub._names_a_key(low) == bool(key_names.search(low)), text
-        assert [m.span() for m in scrub._LONG_TOKEN.finditer(text)] == [m.span() for m in long_token.finditer(text)]
         folded = scrub._folded(text)
         for pattern, _, _, needs in scrub._PATTERNS:
             if pattern.search(text):
