@@ -132,7 +132,11 @@ def _shingles(code: str):
     for k in range(1, SHINGLE):
         hashes *= np.uint64(_POLY)
         hashes += ids[k:k + n]
-    return np.unique(hashes)
+    hashes.sort()  # distinct values, as np.unique gives them but without its 10 µs of overhead
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(hashes[1:], hashes[:-1], out=first[1:])
+    return hashes[first]
 
 
 def _minhash(shingle_arrays: list) -> list[bytes]:

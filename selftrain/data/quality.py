@@ -100,6 +100,7 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
     facts = CodeFacts(parsed=bool(code.strip()), module_docstring=_docstring_node(tree.body))
     shape: list[str] = []
     names: dict[str, int] = {}
+    name_labels: dict[str, str] = {}
     complexity = [1]  # per function (index 0: the module), McCabe: 1 + decision points
     # An explicit stack instead of recursion and ast.iter_child_nodes: this walk is the
     # most expensive step of curation after parsing. Children are visited in reverse
@@ -125,9 +126,12 @@ def analyze_code(code: str, tree: ast.AST | None = None) -> CodeFacts:
                 if label is not None:
                     shape.append(label)
                     continue
-                if kind is ast.Name:
-                    shape.append("Name n%d %s" % (names.setdefault(child.id, len(names)),
-                                                  _LEAVES[child.ctx.__class__]))
+                if kind is ast.Name:  # "Name n<k> <ctx>", its first part formatted once per name
+                    label = name_labels.get(child.id)
+                    if label is None:
+                        label = name_labels[child.id] = "Name n%d" % names.setdefault(child.id, len(names))
+                    shape.append(label)
+                    shape.append(_LEAVES[child.ctx.__class__])
                     continue
                 if kind is ast.Constant:
                     shape.append("Constant " + repr(child.value)[:40])

@@ -167,6 +167,29 @@ def test_shingles_of_code_shorter_than_a_shingle():
     assert a == b
 
 
+def test_shingles_are_the_distinct_5_gram_hashes_sorted():
+    import random
+    import zlib
+
+    import numpy as np
+
+    from selftrain.data.clean import _POLY, _TOKEN, _shingles
+
+    rng = random.Random(3)
+    words = ["x", "=", "1", "(", ")", "return", "y", "+", "if", ":"]
+    for _ in range(300):
+        code = " ".join(rng.choice(words) for _ in range(rng.randrange(5, 40)))
+        ids = [zlib.crc32(t.encode()) for t in _TOKEN.findall(code)]
+        expected = set()
+        for i in range(len(ids) - 4):
+            h = 0
+            for k in range(5):
+                h = (h * _POLY + ids[i + k]) % (1 << 64)
+            expected.add(h)
+        got = _shingles(code)
+        assert got.dtype == np.uint64 and got.tolist() == sorted(expected), code
+
+
 def test_keyword_counts_skip_the_regex_only_where_it_cannot_match():
     """Each category pattern is searched only in texts holding one of its required literals;
     the counts are the regex's own on the demo interactions and the evaluation suites, and on
