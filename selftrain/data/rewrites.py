@@ -135,16 +135,27 @@ def _replace_statements(code: str, first: ast.stmt, last: ast.stmt, new: list[as
     return "".join(lines[:first.lineno - 1]) + body + "".join(lines[last.end_lineno:])
 
 
+_BLOCK_FIELDS: dict[type, tuple[str, ...]] = {}  # per node class: which of body/orelse/finalbody it has
+
+
+def _block_fields(cls: type) -> tuple[str, ...]:
+    fields = _BLOCK_FIELDS[cls] = () if cls is ast.ClassDef else tuple(
+        name for name in ("body", "orelse", "finalbody") if name in cls._fields)
+    return fields
+
+
 def _bodies(tree: ast.Module):
     """Statement lists of the module and of every function (not class bodies: odd scoping)."""
     yield tree.body, tree
     for node in walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for n in walk(node):
-                for name in ("body", "orelse", "finalbody"):
+            for n in walk(node):  # most nodes are expressions, with none of those fields
+                fields = _BLOCK_FIELDS.get(n.__class__)
+                if fields is None:
+                    fields = _block_fields(n.__class__)
+                for name in fields:
                     stmts = getattr(n, name, None)
-                    if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt) \
-                            and not isinstance(n, ast.ClassDef):
+                    if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
                         yield stmts, node
 
 
