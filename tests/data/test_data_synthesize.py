@@ -223,3 +223,92 @@ def test_walk_is_ast_walk_and_makes_no_reference_cycles():
     finally:
         if enabled:
             gc.enable()
+
+
+EVERY_CONSTRUCT = '''
+import os, sys as system
+from . import sibling
+from ..pkg import (a as b, c)
+global_value: int = 1
+x = y = {**extra, "k": 1, None: 2}
+
+
+@decorator(arg, key=value)
+class Shape(Base, metaclass=Meta):
+    """Doc."""
+    area: float
+
+    def __init__(self, a, /, b=1, *args, c, d=2, **kwargs) -> None:
+        global global_value
+        super().__init__()
+        self.a = a
+
+    async def fetch(self, url):
+        async with session.get(url) as response, other() as o:
+            async for chunk in response:
+                yield chunk
+        return [await f(v) async for v in values if v]
+
+
+def outer():
+    count = 0
+
+    def inner(*, only, default=None):
+        nonlocal count
+        count += 1
+        return f"{count!r:>{width}} {only=}"
+    try:
+        pass
+    except (ValueError, KeyError) as error:
+        raise RuntimeError("x") from error
+    except* TypeError:
+        pass
+    else:
+        del x[0], y.z
+    finally:
+        assert count, "message"
+    while True:
+        break
+    else:
+        pass
+    with open("f") as handle:
+        lambda p, *q, r=1, **s: (p, q, r, s)
+    match command:
+        case [1, 2, *rest]:
+            pass
+        case {"key": value, **others}:
+            pass
+        case Point(x=0, y=yy) | Point(x=yy) if yy > 0:
+            pass
+        case str() as text:
+            pass
+        case None | True:
+            pass
+        case _:
+            pass
+    return {k: v for k, v in zip(a, b)}, {s for s in t}, (g for g in h), a if b else c, not a, -b, a @ b, a < b <= c, x[1:2:3], (a := 1)
+'''
+
+
+def test_children_are_ast_iter_child_nodes():
+    """`children` reads each class's node fields from a table of Python 3.11's grammar: on
+    every construct of the language, this project's sources and the standard library's,
+    it gives exactly `ast.iter_child_nodes`."""
+    import glob
+    import os
+
+    from selftrain.data.rewrites import children
+
+    sources = [EVERY_CONSTRUCT]
+    for folder in (os.path.dirname(ast.__file__), os.path.dirname(__import__("selftrain").__file__)):
+        sources += [open(path, encoding="utf-8").read() for path in sorted(glob.glob(f"{folder}/**/*.py", recursive=True))[:150]]
+    checked = 0
+    for source in sources:
+        try:
+            tree = ast.parse(source, type_comments=True)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            assert children(node) == list(ast.iter_child_nodes(node)), ast.dump(node)[:200]
+            checked += 1
+    assert checked > 50_000
