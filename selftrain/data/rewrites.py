@@ -145,12 +145,28 @@ def _lines_edit(code: str, edits: list[tuple[int, int, int, str]]) -> str:
 
 def _same(a, b) -> bool:
     """Structural equality of two syntax trees, positions aside (much cheaper than comparing
-    ast.dump strings, and it stops at the first difference)."""
+    ast.dump strings, and it stops at the first difference). A node's scalar fields and
+    shared objects (contexts, operators, None) are compared in place, without a call each."""
     if a.__class__ is not b.__class__:
         return False
     if isinstance(a, ast.AST):
         for f in a._fields:
-            if not _same(getattr(a, f, None), getattr(b, f, None)):
+            x = getattr(a, f, None)
+            y = getattr(b, f, None)
+            if x is y:
+                continue
+            if x.__class__ is not y.__class__:
+                return False
+            if x.__class__ is list:
+                if len(x) != len(y):
+                    return False
+                for u, v in zip(x, y):
+                    if u is not v and not _same(u, v):
+                        return False
+            elif isinstance(x, ast.AST):
+                if not _same(x, y):
+                    return False
+            elif x != y:
                 return False
         return True
     if a.__class__ is list:

@@ -312,3 +312,14 @@ def test_children_are_ast_iter_child_nodes():
             assert children(node) == list(ast.iter_child_nodes(node)), ast.dump(node)[:200]
             checked += 1
     assert checked > 50_000
+
+
+def test_same_compares_structure_and_values_not_positions():
+    from selftrain.data.rewrites import _same
+
+    base = "def f(a, b=1):\n    return [a + b for _ in range(3)] if a else {'k': None, **b}\n"
+    assert _same(ast.parse(base), ast.parse("\n\n" + base.replace("a + b", "a+b")))  # positions differ only
+    for changed in (base.replace("a + b", "a - b"), base.replace("b=1", "b=1.0"), base.replace("b=1", "b=True"),
+                    base.replace("range(3)", "range(3, 4)"), base.replace("'k'", "'j'"), base.replace("f(", "g("),
+                    base.replace("None", "...")):
+        assert not _same(ast.parse(base), ast.parse(changed)), changed
