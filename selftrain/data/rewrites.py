@@ -13,8 +13,9 @@ from __future__ import annotations
 import ast
 import random
 import re
-import sys
 from typing import NamedTuple
+
+from selftrain.data.grammar import ANYTHING, NODES, PLANS, node_fields
 
 
 class Mutant(NamedTuple):
@@ -44,53 +45,21 @@ def identifiers(text: str | None) -> set[str]:
     return set(re.findall(r"[A-Za-z_]\w*", text or ""))
 
 
-# Fields that never hold a node (identifiers, numbers, strings, constants), by class, and
-# the lists of nodes that may also hold None: Python 3.11's grammar (Python.asdl). On
-# another version every field of every node is checked.
-_SCALAR_FIELDS = {
-    ast.FunctionDef: {"name", "type_comment"}, ast.AsyncFunctionDef: {"name", "type_comment"},
-    ast.ClassDef: {"name"}, ast.For: {"type_comment"}, ast.AsyncFor: {"type_comment"},
-    ast.With: {"type_comment"}, ast.AsyncWith: {"type_comment"}, ast.Assign: {"type_comment"},
-    ast.AnnAssign: {"simple"}, ast.ImportFrom: {"module", "level"}, ast.Global: {"names"},
-    ast.Nonlocal: {"names"}, ast.Attribute: {"attr"}, ast.FormattedValue: {"conversion"},
-    ast.Constant: {"value", "kind"}, ast.Name: {"id"}, ast.comprehension: {"is_async"},
-    ast.ExceptHandler: {"name"}, ast.arg: {"arg", "type_comment"}, ast.keyword: {"arg"},
-    ast.alias: {"name", "asname"}, ast.MatchSingleton: {"value"}, ast.MatchStar: {"name"},
-    ast.MatchMapping: {"rest"}, ast.MatchClass: {"kwd_attrs"}, ast.MatchAs: {"name"},
-    ast.TypeIgnore: {"lineno", "tag"},
-}
-_LISTS_WITH_NONE = {(ast.Dict, "keys"), (ast.arguments, "kw_defaults")}
-_GRAMMAR_KNOWN = sys.version_info[:2] == (3, 11)
-_NODES, _NODES_OR_NONE, _ANYTHING = 0, 1, 2
-_PLANS: dict[type, tuple[tuple[str, int], ...]] = {}  # per class: (field, what it may hold)
-
-
-def _plan(cls: type) -> tuple[tuple[str, int], ...]:
-    if not _GRAMMAR_KNOWN:
-        plan = tuple((name, _ANYTHING) for name in cls._fields)
-    else:
-        scalar = _SCALAR_FIELDS.get(cls, ())
-        plan = tuple((name, _NODES_OR_NONE if (cls, name) in _LISTS_WITH_NONE else _NODES)
-                     for name in cls._fields if name not in scalar)
-    _PLANS[cls] = plan
-    return plan
-
-
 def children(node: ast.AST) -> list[ast.AST]:
     """`ast.iter_child_nodes(node)` as a list, in the same order, without its generators:
     each class's fields that can hold nodes are read, and lists of nodes are taken whole."""
     out: list[ast.AST] = []
-    plan = _PLANS.get(node.__class__)
+    plan = PLANS.get(node.__class__)
     if plan is None:
-        plan = _plan(node.__class__)
+        plan = node_fields(node.__class__)
     for name, kind in plan:
         value = getattr(node, name, None)
         if value.__class__ is list:
-            if kind == _NODES:
+            if kind == NODES:
                 out += value
             else:
                 out += [x for x in value if isinstance(x, ast.AST)]
-        elif kind == _ANYTHING:
+        elif kind == ANYTHING:
             if isinstance(value, ast.AST):
                 out.append(value)
         elif value is not None:
