@@ -28,6 +28,7 @@ from itertools import accumulate
 from dataclasses import dataclass, field
 
 from selftrain.data.example import Candidate, entry_point_in, normalize
+from selftrain.data.memo import Memo
 
 NEAR_CODE_JACCARD = 0.8
 NEAR_PROMPT_JACCARD = 0.5
@@ -110,9 +111,7 @@ def exact_key(c: Candidate) -> str:
     return hashlib.blake2b(f"{normalize(c.prompt)}\x00{normalize(c.code)}".encode(), digest_size=16).hexdigest()
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _token_id(token: str) -> int:
-    return zlib.crc32(token.encode())
+_token_ids = Memo(lambda token: zlib.crc32(token.encode()))  # the same in every process
 
 
 _POLY = 0x100000001B3  # the 5-gram hash's multiplier (odd, 64-bit)
@@ -124,7 +123,7 @@ def _shingles(code: str):
     token hashes modulo 2⁶⁴, computed for all 5-grams at once."""
     import numpy as np
 
-    ids = np.fromiter(map(_token_id, _TOKEN.findall(code)), dtype=np.uint64)
+    ids = np.fromiter(map(_token_ids.__getitem__, _TOKEN.findall(code)), dtype=np.uint64)
     n = len(ids) - SHINGLE + 1
     if n <= 0:  # fewer tokens than a shingle: one hash of them all
         ids, n = np.concatenate([np.zeros(-n + 1, dtype=np.uint64), ids]), 1

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from selftrain.data.example import entry_point_in
+from selftrain.data.memo import Memo
 
 WEIGHTS = {"syntax": 0.3, "coherence": 0.3, "complexity": 0.2, "documentation": 0.2}  # spec
 OVERLAP_SATURATION = 0.4  # prompt-term recall at which the overlap counts as full
@@ -212,15 +213,17 @@ def _stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _term(token: str) -> str | None:
     word = token.lower()
     return _stem(word) if len(word) >= 3 and word not in _STOP else None
 
 
+_terms_of_tokens = Memo(_term)
+
+
 def terms(text: str) -> set[str]:
     """Content words of prose or code: identifiers split at '_' and case changes, stemmed."""
-    found = set(map(_term, _TERM.findall(text)))
+    found = set(map(_terms_of_tokens.__getitem__, _TERM.findall(text)))
     found.discard(None)
     return found
 

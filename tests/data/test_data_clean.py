@@ -222,3 +222,13 @@ def test_keyword_counts_skip_the_regex_only_where_it_cannot_match():
         for _ in range(400):
             text = "".join(rng.choice("abcdefkquxyz 1\n") for _ in range(rng.randrange(0, 30)))
             assert rule.count(text) == len(rule.regex.findall(text)), (pattern, text)
+
+
+def test_memo_computes_once_and_stays_bounded():
+    from selftrain.data.memo import Memo
+
+    calls = []
+    memo = Memo(lambda key: calls.append(key) or key * 2, limit=3)
+    assert list(map(memo.__getitem__, [1, 2, 1, 3, 2])) == [2, 4, 2, 6, 4] and calls == [1, 2, 3]
+    assert memo[4] == 8 and len(memo) <= 3  # full: emptied before the new entry
+    assert memo[1] == 2 and calls == [1, 2, 3, 4, 1]
