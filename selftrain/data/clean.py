@@ -24,8 +24,8 @@ import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from selftrain.data.example import Candidate, entry_point_in, normalize
 from selftrain.data.memo import Memo
