@@ -231,6 +231,7 @@ from . import sibling
 from ..pkg import (a as b, c)
 global_value: int = 1
 x = y = {**extra, "k": 1, None: 2}
+untyped = []  # type: ignore
 
 
 @decorator(arg, key=value)
@@ -261,12 +262,14 @@ def outer():
         pass
     except (ValueError, KeyError) as error:
         raise RuntimeError("x") from error
-    except* TypeError:
-        pass
     else:
         del x[0], y.z
     finally:
         assert count, "message"
+    try:
+        pass
+    except* TypeError:
+        pass
     while True:
         break
     else:
@@ -299,6 +302,7 @@ def test_children_are_ast_iter_child_nodes():
 
     from selftrain.data.rewrites import children
 
+    ast.parse(EVERY_CONSTRUCT, type_comments=True)  # the sample itself must parse
     sources = [EVERY_CONSTRUCT]
     for folder in (os.path.dirname(ast.__file__), os.path.dirname(__import__("selftrain").__file__)):
         sources += [open(path, encoding="utf-8").read() for path in sorted(glob.glob(f"{folder}/**/*.py", recursive=True))[:150]]
