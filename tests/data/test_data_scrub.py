@@ -89,8 +89,8 @@ def test_no_false_positives_on_the_bundled_demo_data():
 
 
 def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
-    """`might_hold_secrets` finds key names by substring searches, and each precise pattern
-    is searched only in texts holding its literals: on texts built to hit every edge (the
+    """`might_hold_secrets` finds key names by substring searches and long tokens by a byte
+    translation, and each precise pattern is searched only in texts holding its literals: on texts built to hit every edge (the
     names with and without '_', at the text's ends, letters IGNORECASE folds), they agree
     with plain regex searches."""
     import random
@@ -102,7 +102,8 @@ def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
                            r"key_?pass|(?:db|database)_?pass")
     pieces = ["key", "pass", "db", "database", "_", "api", "priv", "private", "client", "x", " ", "\n", "-",
               "token", "Token", "://", "password=", "pwd=", ";", "'", '"', "?", "&", "Bearer ", "=", ":",
-              "a1B2c3D4e5F6g7H8", "abcdefghijklmno", "ı", "ſ", "K", "credentıal", "API_KEY"]
+              "a1B2c3D4e5F6g7H8", "abcdefghijklmno", "ı", "ſ", "K", "credentıal", "API_KEY", "é", "+/=.",
+              "x" * 15, "9" * 16]
     rng = random.Random(0)
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12))) for _ in range(30000)]
     texts += [code for code, _ in SECRETS.values()] + ORDINARY
@@ -111,6 +112,7 @@ def test_the_gate_shortcuts_agree_with_the_patterns_they_stand_for():
     for text in texts:
         low = text.lower()
         assert scrub._names_a_key(low) == bool(key_names.search(low)), text
+        assert scrub._long_tokens(text) == [m.group() for m in scrub._LONG_TOKEN.finditer(text)], text
         folded = scrub._folded(text)
         for pattern, _, _, needs in scrub._PATTERNS:
             if pattern.search(text):
