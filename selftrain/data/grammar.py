@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import sys
 
+from selftrain.data.memo import Memo
+
 # Fields that never hold a node (identifiers, numbers, strings, constants), by class, and
 # the lists of nodes that may also hold None: Python 3.11's grammar (Python.asdl). On
 # another version every field of every node is checked.
@@ -30,17 +32,16 @@ _KNOWN = sys.version_info[:2] == (3, 11)
 # What a field may hold: a node, None or a list of nodes; a list of nodes and None; or, on
 # a grammar this table was not written for, anything (every value is checked).
 NODES, NODES_OR_NONE, ANYTHING = 0, 1, 2
-PLANS: dict[type, tuple[tuple[str, int], ...]] = {}
 
 
-def node_fields(cls: type) -> tuple[tuple[str, int], ...]:
-    """(field, what it may hold) for each field of `cls` that can hold nodes, in field order;
-    kept in PLANS, which callers read first."""
+def _node_fields(cls: type) -> tuple[tuple[str, int], ...]:
     if not _KNOWN:
-        plan = tuple((name, ANYTHING) for name in cls._fields)
-    else:
-        scalar = _SCALAR_FIELDS.get(cls, ())
-        plan = tuple((name, NODES_OR_NONE if (cls, name) in _LISTS_WITH_NONE else NODES)
-                     for name in cls._fields if name not in scalar)
-    PLANS[cls] = plan
-    return plan
+        return tuple((name, ANYTHING) for name in cls._fields)
+    scalar = _SCALAR_FIELDS.get(cls, ())
+    return tuple((name, NODES_OR_NONE if (cls, name) in _LISTS_WITH_NONE else NODES)
+                 for name in cls._fields if name not in scalar)
+
+
+# NODE_FIELDS[cls]: (field, what it may hold) for each field of `cls` that can hold nodes, in
+# field order.
+NODE_FIELDS = Memo(_node_fields)

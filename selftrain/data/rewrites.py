@@ -15,7 +15,8 @@ import random
 import re
 from typing import NamedTuple
 
-from selftrain.data.grammar import ANYTHING, NODES, PLANS, node_fields
+from selftrain.data.grammar import ANYTHING, NODE_FIELDS, NODES
+from selftrain.data.memo import Memo
 
 
 class Mutant(NamedTuple):
@@ -49,10 +50,7 @@ def children(node: ast.AST) -> list[ast.AST]:
     """`ast.iter_child_nodes(node)` as a list, in the same order, without its generators:
     each class's fields that can hold nodes are read, and lists of nodes are taken whole."""
     out: list[ast.AST] = []
-    plan = PLANS.get(node.__class__)
-    if plan is None:
-        plan = node_fields(node.__class__)
-    for name, kind in plan:
+    for name, kind in NODE_FIELDS[node.__class__]:
         value = getattr(node, name, None)
         if value.__class__ is list:
             if kind == NODES:
@@ -163,13 +161,9 @@ def _replace_statements(code: str, first: ast.stmt, last: ast.stmt, new: list[as
     return "".join(lines[:first.lineno - 1]) + body + "".join(lines[last.end_lineno:])
 
 
-_BLOCK_FIELDS: dict[type, tuple[str, ...]] = {}  # per node class: which of body/orelse/finalbody it has
-
-
-def _block_fields(cls: type) -> tuple[str, ...]:
-    fields = _BLOCK_FIELDS[cls] = () if cls is ast.ClassDef else tuple(
-        name for name in ("body", "orelse", "finalbody") if name in cls._fields)
-    return fields
+# per node class: which of body/orelse/finalbody it has (none for class bodies)
+_BLOCK_FIELDS = Memo(lambda cls: () if cls is ast.ClassDef else tuple(
+    name for name in ("body", "orelse", "finalbody") if name in cls._fields))
 
 
 def _bodies(tree: ast.Module):
@@ -178,10 +172,7 @@ def _bodies(tree: ast.Module):
     for node in walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for n in walk(node):  # most nodes are expressions, with none of those fields
-                fields = _BLOCK_FIELDS.get(n.__class__)
-                if fields is None:
-                    fields = _block_fields(n.__class__)
-                for name in fields:
+                for name in _BLOCK_FIELDS[n.__class__]:
                     stmts = getattr(n, name, None)
                     if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
                         yield stmts, node

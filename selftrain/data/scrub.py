@@ -189,7 +189,6 @@ def _names_a_key(low: str) -> bool:
     return False
 
 
-
 def _long_tokens(text: str) -> list[str]:
     """What `_LONG_TOKEN` finds in `text`."""
     if not text.isascii():
