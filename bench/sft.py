@@ -15,10 +15,11 @@ real code rather than ~140.
   loss on every token (DataCollatorForLanguageModeling). A few steps only.
 - ours: `selftrain.training.sft.run` with its defaults (bf16, packing with per-example
   attention, logits at answer positions only, bf16 adapters with fp32 masters, fast
-  dropout, the loss computed blockwise from the hidden states), one epoch over the same
-  examples.
+  dropout, the loss computed blockwise from the hidden states, the LoRA layers that read
+  one input computed together), one epoch over the same examples.
 - with --levers: ours with one lever changed at a time, starting from the plain recipe
-  (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout).
+  (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout, PEFT's own LoRA
+  layers).
 
 Each variant runs in its own process (its own peak memory, no warm caches shared); naive and
 ours alternate for --rounds rounds and the fastest round of each is reported. Reported
@@ -57,7 +58,8 @@ TARGET_RATIO, TARGET_MFU, TARGET_MEMORY_GB = 10.0, 0.35, 4.0
 WARMUP_STEPS = 2  # steps not timed in every variant
 NAIVE = "naive (spec: Trainer, fp32, pad to 512)"
 
-PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False)
+PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False,
+             fused_lora=False)
 LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
     "plain (previous recipe: padding, fp32 adapters)": PLAIN,
     "+ packing": {**PLAIN, "packing": True},
@@ -66,7 +68,8 @@ LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
                                         "mixed_precision": "autocast"},
     "+ ... + bf16 adapters, fp32 masters": {**PLAIN, "packing": True, "answer_logits_only": True,
                                             "mixed_precision": "master"},
-    "+ ... + fast dropout (= ours)": {},
+    "+ ... + fast dropout": {"fused_lora": False},
+    "+ ... + fused LoRA layers (= ours)": {},
     "ours, loss on whole logits (not blockwise)": {"blockwise_loss": False},
     "ours without dropout": {"lora_dropout": 0.0},
     "ours in fp32": {"dtype": "float32"},

@@ -34,23 +34,32 @@ class MasterWeights:
             self.masters = self.params
             return
         self.masters = []
+        self._grads = None  # fp32 gradient buffers, made at the first step
         for p in self.params:
             self.masters.append(p.detach().clone().float().requires_grad_(True))
             p.data = p.data.to(dtype)
 
     def grads_to_masters(self) -> None:
+        """Move the parameters' gradients onto the masters, in fp32 (one batched copy into
+        gradient buffers kept from step to step)."""
         if not self.shadow:
             return
-        for p, master in zip(self.params, self.masters):
-            master.grad = None if p.grad is None else p.grad.float()
-            p.grad = None
+        if self._grads is None:
+            self._grads = [torch.zeros_like(master) for master in self.masters]
+        sources, targets = [], []
+        for p, master, grad in zip(self.params, self.masters, self._grads):
+            master.grad = None if p.grad is None else grad
+            if p.grad is not None:
+                sources.append(p.grad)
+                targets.append(grad)
+                p.grad = None
+        if sources:
+            torch._foreach_copy_(targets, sources)
 
     @torch.no_grad()
     def masters_to_params(self) -> None:
-        if not self.shadow:
-            return
-        for p, master in zip(self.params, self.masters):
-            p.copy_(master)
+        if self.shadow:
+            torch._foreach_copy_(self.params, self.masters)
 
     def restore_fp32(self) -> None:
         """Give the model its fp32 parameters back (to save a full-precision adapter)."""

@@ -110,6 +110,7 @@ def test_bad_input_is_one_sentence_before_training(tiny_model_dir, tmp_path, con
     dict(packing=True, answer_logits_only=True, mixed_precision="autocast", fast_dropout=False),
     dict(packing=True, answer_logits_only=True, mixed_precision="master", fast_dropout=False),
     dict(blockwise_loss=False),
+    dict(fused_lora=False),
 ])
 def test_every_speed_lever_measures_the_same_losses(tiny_model_dir, tmp_path, levers):
     """Without dropout the levers change only rounding: the initial eval loss (one forward
@@ -133,6 +134,29 @@ def test_fast_dropout_drops_the_configured_share():
     assert float((y == 0).float().mean()) == pytest.approx(0.1, abs=0.005)
     assert float(y.float().mean()) == pytest.approx(1.0, abs=0.01)  # inverted: expectation kept
     assert torch.equal(FastDropout(0.1).eval()(x), x)
+
+
+def test_master_weights_take_the_gradients_in_fp32_and_give_back_the_stepped_values():
+    import torch
+
+    from selftrain.training.precision import MasterWeights
+
+    params = [torch.nn.Parameter(torch.full((3,), 0.5)), torch.nn.Parameter(torch.ones(2))]
+    masters = MasterWeights(params, torch.bfloat16)
+    assert [p.dtype for p in params] == [torch.bfloat16] * 2
+    for step in range(2):  # the second step reuses the gradient buffers
+        params[0].grad = torch.full((3,), 1.0 + step, dtype=torch.bfloat16)
+        params[1].grad = None  # e.g. a layer the step did not use
+        masters.masters[1].grad = torch.ones(2)
+        masters.grads_to_masters()
+        assert params[0].grad is None and masters.masters[1].grad is None
+        assert masters.masters[0].grad.dtype == torch.float32
+        assert torch.equal(masters.masters[0].grad, torch.full((3,), 1.0 + step))
+    with torch.no_grad():
+        masters.masters[0].sub_(0.25)
+    masters.masters_to_params()
+    assert torch.equal(params[0].detach(), torch.full((3,), 0.25, dtype=torch.bfloat16))
+    assert torch.equal(params[1].detach(), torch.ones(2, dtype=torch.bfloat16))
 
 
 def test_thread_count_follows_the_setting_then_the_environment_then_a_timing(monkeypatch):
