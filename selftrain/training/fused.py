@@ -10,8 +10,9 @@ such layers (`SHARED_INPUT`) runs as:
     out = x · Wᵀ + b  +  (x ⊙ keep) · Aᵀ · (f·B)ᵀ
 
 with W and b the members' frozen weights stacked once, A the adapters' A matrices stacked,
-B their B matrices on a block diagonal, f = scaling / (1 − p) (the inverted dropout's
-rescaling moved onto the small B), and `keep` one dropout mask for the group's input. That
+B their B matrices on a block diagonal, each times its f = scaling / (1 − p) (the inverted
+dropout's rescaling moved onto the small B), and `keep` one dropout mask for the group's
+input (members are grouped only when their dropout has the same p). That
 is one frozen matmul and two rank-r matmuls forward, five matmuls backward, and the
 elementwise work of one masked copy forward and one backward. Layers in no group (o_proj)
 run the same computation alone.
@@ -65,13 +66,14 @@ class _LoraLinears(torch.autograd.Function):
     the frozen weight and bias get none."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, factor, splits, ranks, *adapters):
+    def forward(ctx, x, weight, bias, keep, factors, splits, ranks, *adapters):
         n = len(splits)
         lora_a, lora_b = adapters[:n], adapters[n:]
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         a_all = torch.cat(lora_a) if n > 1 else lora_a[0]  # [Σr, I]
-        b_all = (torch.block_diag(*lora_b) if n > 1 else lora_b[0]) * factor  # [ΣO, Σr]
+        scaled = [b * f for b, f in zip(lora_b, factors)]
+        b_all = torch.block_diag(*scaled) if n > 1 else scaled[0]  # [ΣO, Σr]
         out = F.linear(rows, weight, bias)
         if keep is not None:
             keep = keep.view(rows.shape)
@@ -79,7 +81,7 @@ class _LoraLinears(torch.autograd.Function):
         down = kept @ a_all.t()  # [T, Σr]
         out.addmm_(down, b_all.t())
         ctx.save_for_backward(weight, kept, keep, down, a_all, b_all)
-        ctx.factor, ctx.splits, ctx.ranks, ctx.shape = factor, splits, ranks, shape
+        ctx.factors, ctx.splits, ctx.ranks, ctx.shape = factors, splits, ranks, shape
         out = out.view(*shape[:-1], out.shape[-1])
         return tuple(out.split(splits, dim=-1)) if n > 1 else out
 
@@ -96,10 +98,10 @@ class _LoraLinears(torch.autograd.Function):
                 masked(lora_x, keep, out=lora_x)
             grad_x = grad_x.add_(lora_x).view(ctx.shape)
         grad_a = (grad_down.t() @ kept).split(ctx.ranks)
-        grad_b_all = (grad.t() @ down).mul_(ctx.factor)
+        grad_b_all = grad.t() @ down
         grad_b, row = [], 0
-        for rows, col in zip(ctx.splits, _offsets(ctx.ranks)):
-            grad_b.append(grad_b_all[row:row + rows, col[0]:col[1]])
+        for rows, col, factor in zip(ctx.splits, _offsets(ctx.ranks), ctx.factors):
+            grad_b.append(grad_b_all[row:row + rows, col[0]:col[1]] * factor)
             row += rows
         return (grad_x, None, None, None, None, None, None, *grad_a, *grad_b)
 
@@ -176,16 +178,14 @@ class FusedGroup:
 
     def compute(self, x: torch.Tensor):
         name = self.layers[0].active_adapters[0]
-        dropouts = [layer.lora_dropout[name] for layer in self.layers]
-        scalings = {layer.scaling[name] for layer in self.layers}
-        p = getattr(dropouts[0], "p", 0.0) if dropouts[0].training else 0.0
-        if len(scalings) > 1 or any(getattr(d, "p", 0.0) != getattr(dropouts[0], "p", 0.0) for d in dropouts):
-            raise ValueError("LoRA layers fused together must share their scaling and dropout")
+        dropout = self.layers[0].lora_dropout[name]  # the members' dropouts have one p (use_fused_lora)
+        p = getattr(dropout, "p", 0.0) if dropout.training else 0.0
         keep = keep_mask(x.shape, p, x.dtype) if p > 0 else None
         lora_a = [layer.lora_A[name].weight for layer in self.layers]
         lora_b = [layer.lora_B[name].weight for layer in self.layers]
         ranks = tuple(a.shape[0] for a in lora_a)
-        return _LoraLinears.apply(x, self.weight, self.bias, keep, scalings.pop() / (1.0 - p), self.splits,
+        factors = tuple(layer.scaling[name] / (1.0 - p) for layer in self.layers)
+        return _LoraLinears.apply(x, self.weight, self.bias, keep, factors, self.splits,
                                   ranks, *lora_a, *lora_b)
 
 
@@ -204,7 +204,8 @@ def use_fused_lora(model) -> int:
         for names in SHARED_INPUT:
             members = [children[n] for n in names if n in children]
             if (len(members) == len(names) and len({m.base_layer.in_features for m in members}) == 1
-                    and len({m.base_layer.weight.dtype for m in members}) == 1):
+                    and len({m.base_layer.weight.dtype for m in members}) == 1
+                    and len({_dropout_p(m) for m in members}) == 1):
                 sets.append(members)
                 for n in names:
                     del children[n]
@@ -217,6 +218,10 @@ def use_fused_lora(model) -> int:
                 member.forward = _bound(group, index)
             groups += 1
     return groups
+
+
+def _dropout_p(layer) -> float:
+    return getattr(layer.lora_dropout[layer.active_adapters[0]], "p", 0.0) if _plain_lora(layer) else -1.0
 
 
 def _bound(group: FusedGroup, index: int):

@@ -4,7 +4,7 @@ and gradients without dropout, and with dropout the same function of one shared 
 import pytest
 
 
-def tiny(model_type: str, dtype):
+def tiny(model_type: str, dtype, **lora):
     """A 2-layer causal LM with LoRA on q/k/v/o (B initialised away from zero, so every
     gradient is non-trivial); Qwen2 has biases on q/k/v (made non-zero here)."""
     import torch
@@ -19,8 +19,8 @@ def tiny(model_type: str, dtype):
     for module in model.modules():  # transformers initialises biases to zero
         if isinstance(module, torch.nn.Linear) and module.bias is not None:
             torch.nn.init.normal_(module.bias, std=0.5)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, **lora,
+                                                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}))
     for name, p in model.named_parameters():
         if p.requires_grad:
             if "lora_B" in name:
@@ -38,13 +38,17 @@ def loss_and_grads(model, ids):
     return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_fused_layers_give_peft_s_loss_and_gradients(model_type):
+@pytest.mark.parametrize("model_type, lora", [
+    ("llama", {}),
+    ("qwen2", {}),
+    ("llama", {"rank_pattern": {"k_proj": 2}, "alpha_pattern": {"v_proj": 32}}),  # members differ
+])
+def test_fused_layers_give_peft_s_loss_and_gradients(model_type, lora):
     import torch
 
     from selftrain.training.fused import unfuse, use_fused_lora
 
-    model = tiny(model_type, torch.float32)
+    model = tiny(model_type, torch.float32, **lora)
     ids = torch.randint(0, 64, (2, 24))
     plain_loss, plain = loss_and_grads(model, ids)
     assert use_fused_lora(model) == 2 * 2  # per layer: q/k/v together, o alone
