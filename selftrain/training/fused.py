@@ -12,10 +12,10 @@ such layers (`SHARED_INPUT`) runs as:
 with W and b the members' frozen weights stacked once, A the adapters' A matrices stacked,
 B their B matrices on a block diagonal, each times its f = scaling / (1 − p) (the inverted
 dropout's rescaling moved onto the small B), and `keep` one dropout mask for the group's
-input (members are grouped only when their dropout has the same p). That
-is one frozen matmul and two rank-r matmuls forward, five matmuls backward, and the
-elementwise work of one masked copy forward and one backward. Layers in no group (o_proj)
-run the same computation alone.
+input (members are grouped only when their dropout has the same p). That is one frozen
+matmul and two rank-r matmuls forward, five matmuls backward, and the elementwise work of
+one masked copy forward and one backward. Layers in no group (o_proj) run the same
+computation alone.
 
 The one change in what is computed: the members of a group share their dropout mask (their
 input's features are dropped together), as LitGPT's fused QKV LoRA does; each adapter still
@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-
-
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -120,8 +118,7 @@ def _plain_lora(layer) -> bool:
         return False
     name = active[0]
     return (name in layer.lora_A and name not in layer.lora_variant
-            and isinstance(layer.base_layer, torch.nn.Linear) and layer.lora_B[name].bias is None
-            and not getattr(layer, "_caches", None))
+            and isinstance(layer.base_layer, torch.nn.Linear) and layer.lora_B[name].bias is None)
 
 
 class FusedGroup:
@@ -153,9 +150,9 @@ class FusedGroup:
                 if not self.pending:
                     self.input = None
                 return out
-            self.shared = len(self.layers) == 1
+            self.shared = False
             self.pending, self.input = {}, None
-        if (args or kwargs or not (self.shared or len(self.layers) == 1) or not self.runs_fused(x)):
+        if args or kwargs or not self.shared or not self.runs_fused(x):
             return type(layer).forward(layer, x, *args, **kwargs)
         outs = self.compute(x)
         if len(self.layers) == 1:
