@@ -13,7 +13,10 @@ on a CPU (each measured in bench/RESULTS.md, "LoRA fine-tuning"):
   would be thrown away by the loss);
 - bf16 base and adapters with fp32 master weights (`precision.py`): no per-layer dtype
   round trips, no lost small updates;
-- a dropout that draws 16 random bits per element instead of an fp32 Bernoulli sample.
+- a dropout that draws 16 random bits per element instead of an fp32 Bernoulli sample;
+- the LoRA layers that read one input (q/k/v) computed by one hand-written autograd step,
+  with one dropout mask applied as integer bits (`fused.py`);
+- AdamW's fused kernel over all the adapter tensors.
 
 Under `accelerate launch` / `torchrun` with several processes it trains data-parallel:
 each rank its share of every epoch, gradients averaged every step (`distributed.py`).
