@@ -19,8 +19,8 @@ def tiny(model_type: str, dtype, **lora):
     for module in model.modules():  # transformers initialises biases to zero
         if isinstance(module, torch.nn.Linear) and module.bias is not None:
             torch.nn.init.normal_(module.bias, std=0.5)
-    model = get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, **lora,
-                                                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}))
+    model = get_peft_model(model, LoraConfig(**{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], **lora}))
     for name, p in model.named_parameters():
         if p.requires_grad:
             if "lora_B" in name:
@@ -42,6 +42,7 @@ def loss_and_grads(model, ids):
     ("llama", {}),
     ("qwen2", {}),
     ("llama", {"rank_pattern": {"k_proj": 2}, "alpha_pattern": {"v_proj": 32}}),  # members differ
+    ("llama", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
 ])
 def test_fused_layers_give_peft_s_loss_and_gradients(model_type, lora):
     import torch
@@ -51,10 +52,12 @@ def test_fused_layers_give_peft_s_loss_and_gradients(model_type, lora):
     model = tiny(model_type, torch.float32, **lora)
     ids = torch.randint(0, 64, (2, 24))
     plain_loss, plain = loss_and_grads(model, ids)
-    assert use_fused_lora(model) == 2 * 2  # per layer: q/k/v together, o alone
+    mlp = "gate_proj" in lora.get("target_modules", ())
+    # per layer: q/k/v together, o alone (and with the MLP adapted: gate/up together, down alone)
+    assert use_fused_lora(model) == 2 * (4 if mlp else 2)
     fused_loss, fused = loss_and_grads(model, ids)
     assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
-    assert plain.keys() == fused.keys() and len(plain) == 2 * 4 * 2
+    assert plain.keys() == fused.keys() and len(plain) == 2 * 2 * (7 if mlp else 4)
     for name in plain:
         assert torch.allclose(fused[name], plain[name], rtol=1e-4, atol=1e-7), name
     with torch.no_grad():  # evaluation: no graph, the same logits
