@@ -9,12 +9,13 @@ such layers (`SHARED_INPUT`) runs as:
 
     out = x · Wᵀ + b  +  (x ⊙ keep) · Aᵀ · (f·B)ᵀ
 
-with W and b the members' frozen weights stacked once, A the adapters' A matrices stacked,
-B their B matrices on a block diagonal, each times its f = scaling / (1 − p) (the inverted
-dropout's rescaling moved onto the small B), and `keep` one dropout mask for the group's
-input (members are grouped only when their dropout has the same p). That is one frozen
-matmul and two rank-r matmuls forward, five matmuls backward, and the elementwise work of
-one masked copy forward and one backward. Layers in no group (o_proj) run the same
+with W and b the members' frozen weights stacked (each member's weight becomes a view of
+the stack, so nothing is held twice), A the adapters' A matrices stacked, B their B
+matrices on a block diagonal, each times its f = scaling / (1 − p) (the inverted dropout's
+rescaling moved onto the small B), and `keep` one dropout mask for the group's input
+(members are grouped only when their dropout has the same p). That is one frozen matmul
+and two rank-r matmuls forward, five matmuls backward, and the elementwise work of one
+masked copy forward and one backward. Layers in no group (o_proj) run the same
 computation alone.
 
 The one change in what is computed: the members of a group share their dropout mask (their
@@ -51,10 +52,10 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     return keep if dtype.itemsize == 2 else keep.to(_INTS[dtype.itemsize])
 
 
-def masked(t: torch.Tensor, keep: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`t` with the elements `keep` drops set to zero (into `out` if given)."""
+def masked(t: torch.Tensor, keep: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """`t` with the elements `keep` drops set to zero (`t` itself, changed, if `inplace`)."""
     bits = t.view(keep.dtype)
-    result = bits.bitwise_and_(keep) if out is t else torch.bitwise_and(bits, keep)
+    result = bits.bitwise_and_(keep) if inplace else torch.bitwise_and(bits, keep)
     return result.view(t.dtype)
 
 
@@ -93,7 +94,7 @@ class _LoraLinears(torch.autograd.Function):
             grad_x = grad @ weight
             lora_x = grad_down @ a_all
             if keep is not None:
-                masked(lora_x, keep, out=lora_x)
+                masked(lora_x, keep, inplace=True)
             grad_x = grad_x.add_(lora_x).view(ctx.shape)
         grad_a = (grad_down.t() @ kept).split(ctx.ranks)
         grad_b_all = grad.t() @ down
@@ -102,6 +103,20 @@ class _LoraLinears(torch.autograd.Function):
             grad_b.append(grad_b_all[row:row + rows, col[0]:col[1]] * factor)
             row += rows
         return (grad_x, None, None, None, None, None, None, *grad_a, *grad_b)
+
+
+def _stacked(params: list) -> torch.Tensor:
+    """The frozen `params` stacked along their first dimension, each parameter then made a
+    view of its rows: one copy in memory, and a change to a member's weight (PEFT merging an
+    adapter into it) is a change to the stack."""
+    if len(params) == 1:
+        return params[0].detach()
+    stack = torch.cat([p.detach() for p in params])
+    start = 0
+    for p in params:
+        p.data = stack[start:start + p.shape[0]]
+        start += p.shape[0]
+    return stack
 
 
 def _offsets(sizes):
@@ -132,15 +147,20 @@ class FusedGroup:
         self.shared = True
         self.pending: dict[int, torch.Tensor] = {}
         self.input = None
-        weights = [layer.base_layer.weight for layer in layers]
-        biases = [layer.base_layer.bias for layer in layers]
-        self.splits = tuple(w.shape[0] for w in weights)
-        self.weight = torch.cat(weights).detach() if len(layers) > 1 else weights[0]
+        bases = [layer.base_layer for layer in layers]
+        self.splits = tuple(base.out_features for base in bases)
+        self.weight = _stacked([base.weight for base in bases])
+        biases = [base.bias for base in bases]
         if all(b is None for b in biases):
             self.bias = None
+        elif all(b is not None for b in biases):
+            self.bias = _stacked(biases)
         else:
             self.bias = torch.cat([b.detach() if b is not None else torch.zeros(n, dtype=self.weight.dtype)
                                    for b, n in zip(biases, self.splits)])
+        # Where each member's weight lives: if the model is moved or cast afterwards, the stack
+        # is stale and the members run PEFT's forward.
+        self.places = [base.weight.data_ptr() for base in bases]
 
     def forward(self, index: int, x: torch.Tensor, *args, **kwargs):
         layer = self.layers[index]
@@ -162,11 +182,12 @@ class FusedGroup:
         return outs[index]
 
     def runs_fused(self, x: torch.Tensor) -> bool:
-        """Plain LoRA in every member, everything in x's dtype, no autocast."""
+        """Plain LoRA in every member, everything in x's dtype, no autocast, the weights where
+        the stack has them."""
         if torch.is_autocast_enabled("cpu") or x.dtype != self.weight.dtype:
             return False
-        for layer in self.layers:
-            if not _plain_lora(layer):
+        for layer, place in zip(self.layers, self.places):
+            if not _plain_lora(layer) or layer.base_layer.weight.data_ptr() != place:
                 return False
             name = layer.active_adapters[0]
             if layer.lora_A[name].weight.dtype != x.dtype or layer.lora_B[name].weight.dtype != x.dtype:

@@ -234,8 +234,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
 
     from selftrain.training import checkpoint
     from selftrain.training.distributed import current_world
-    from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.fused import use_fused_lora
+    from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
 

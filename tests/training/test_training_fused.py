@@ -55,6 +55,9 @@ def test_fused_layers_give_peft_s_loss_and_gradients(model_type, lora):
     mlp = "gate_proj" in lora.get("target_modules", ())
     # per layer: q/k/v together, o alone (and with the MLP adapted: gate/up together, down alone)
     assert use_fused_lora(model) == 2 * (4 if mlp else 2)
+    attention = model.get_base_model().model.layers[0].self_attn
+    stack = attention.q_proj.forward.fused_group.weight
+    assert attention.v_proj.base_layer.weight.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr()
     fused_loss, fused = loss_and_grads(model, ids)
     assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
     assert plain.keys() == fused.keys() and len(plain) == 2 * 2 * (7 if mlp else 4)
@@ -65,6 +68,13 @@ def test_fused_layers_give_peft_s_loss_and_gradients(model_type, lora):
         fused_logits = model(input_ids=ids).logits
         unfuse(model)
         assert torch.allclose(model(input_ids=ids).logits, fused_logits, atol=1e-5)
+    use_fused_lora(model)
+    with torch.no_grad():  # a weight given new storage (as .to() does): the stale stack is not used
+        attention.k_proj.base_layer.weight.data = attention.k_proj.base_layer.weight * 2
+        changed = model(input_ids=ids).logits
+        unfuse(model)
+        assert torch.allclose(model(input_ids=ids).logits, changed, atol=1e-5)
+        assert not torch.allclose(changed, fused_logits, atol=1e-4)
 
 
 def test_in_bf16_the_fused_layers_are_as_close_to_fp32_as_peft_s():
@@ -168,10 +178,13 @@ def test_a_merged_or_disabled_adapter_runs_peft_s_forward():
         with_adapter = model(input_ids=ids).logits
         with model.disable_adapter():
             without = model(input_ids=ids).logits
-        model.merge_adapter()
+        model.merge_adapter()  # changes q/k/v's weights in place: views of the group's stack
         merged = model(input_ids=ids).logits
+        model.unmerge_adapter()
+        unmerged = model(input_ids=ids).logits  # fused again, on the restored stack
     assert not torch.allclose(with_adapter, without, atol=1e-4)
     assert torch.allclose(merged, with_adapter, atol=1e-5)
+    assert torch.allclose(unmerged, with_adapter, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
@@ -189,4 +202,4 @@ def test_the_keep_mask_drops_the_configured_share_with_a_bitwise_and(dtype_name)
     assert torch.equal(masked(x, keep), x.masked_fill(keep == 0, 0))
     assert not torch.equal(x, x.masked_fill(keep == 0, 0))
     y = x.clone()
-    assert masked(y, keep, out=y).data_ptr() == y.data_ptr() and torch.equal(y, x.masked_fill(keep == 0, 0))
+    assert masked(y, keep, inplace=True).data_ptr() == y.data_ptr() and torch.equal(y, x.masked_fill(keep == 0, 0))
