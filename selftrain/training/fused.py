@@ -33,21 +33,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selftrain.training.precision import drop_threshold, random_lanes
+
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """An integer mask the size of `dtype`'s elements: all bits set where an element is
-    kept, zero where it is dropped (probability p, up to 2⁻¹⁶). 64 random bits are drawn per
-    4 elements, as `precision.FastDropout` draws them, and each 16-bit lane compared with a
-    threshold by clamping it to {t − 1, t} and subtracting it from t − 1: two integer
-    operations, and the mask is applied with a bitwise and (`masked`), several times
-    cheaper than a boolean mask and `masked_fill` on this CPU (bench/RESULTS.md)."""
-    n = shape.numel()
-    threshold = -32768 + round(p * 65536)  # a lane below it is dropped
-    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    lanes = words.view(torch.int16)[:n].view(shape).clamp_(threshold - 1, threshold)
+    kept, zero where it is dropped (probability p, up to 2⁻¹⁶). The random lanes are
+    `precision.FastDropout`'s, each compared with the threshold t by clamping it to
+    {t − 1, t} and subtracting it from t − 1: two integer operations, and the mask is
+    applied with a bitwise and (`masked`), several times cheaper than a boolean mask and
+    `masked_fill` on this CPU (bench/RESULTS.md)."""
+    threshold = drop_threshold(p)
+    lanes = random_lanes(shape).clamp_(threshold - 1, threshold)
     keep = torch.sub(threshold - 1, lanes)  # -1 (every bit set) where kept, 0 where dropped
     return keep if dtype.itemsize == 2 else keep.to(_INTS[dtype.itemsize])
 
@@ -97,11 +97,9 @@ class _LoraLinears(torch.autograd.Function):
                 masked(lora_x, keep, inplace=True)
             grad_x = grad_x.add_(lora_x).view(ctx.shape)
         grad_a = (grad_down.t() @ kept).split(ctx.ranks)
-        grad_b_all = grad.t() @ down
-        grad_b, row = [], 0
-        for rows, col, factor in zip(ctx.splits, _offsets(ctx.ranks), ctx.factors):
-            grad_b.append(grad_b_all[row:row + rows, col[0]:col[1]] * factor)
-            row += rows
+        blocks = (grad.t() @ down).split(ctx.splits)  # member i's gradient: block (i, i)
+        grad_b = [block.split(ctx.ranks, dim=1)[i] * factor
+                  for i, (block, factor) in enumerate(zip(blocks, ctx.factors))]
         return (grad_x, None, None, None, None, None, None, *grad_a, *grad_b)
 
 
@@ -117,13 +115,6 @@ def _stacked(params: list) -> torch.Tensor:
         p.data = stack[start:start + p.shape[0]]
         start += p.shape[0]
     return stack
-
-
-def _offsets(sizes):
-    start = 0
-    for size in sizes:
-        yield start, start + size
-        start += size
 
 
 def _plain_lora(layer) -> bool:

@@ -69,20 +69,31 @@ class MasterWeights:
             p.data = master.detach().clone()
 
 
+def random_lanes(shape: torch.Size) -> torch.Tensor:
+    """int16 values uniform over the whole range, one per element of `shape`: 64 random
+    bits drawn per 4 elements."""
+    n = shape.numel()
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    return words.view(torch.int16)[:n].view(shape)
+
+
+def drop_threshold(p: float) -> int:
+    """The lane value below which an element is dropped: probability p, up to 2⁻¹⁶."""
+    return -32768 + round(p * 65536)
+
+
 class FastDropout(torch.nn.Module):
     """Inverted dropout with cheap random bits; the identity in eval mode."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
-        self.threshold = -32768 + round(p * 65536)  # keep a lane (uniform over int16) at or above it
+        self.threshold = drop_threshold(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        n = x.numel()
-        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-        keep = (words.view(torch.int16)[:n].view(x.shape) >= self.threshold).to(x.dtype)
+        keep = (random_lanes(x.shape) >= self.threshold).to(x.dtype)
         return x * keep.mul_(1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
