@@ -65,7 +65,7 @@ class _LoraLinears(torch.autograd.Function):
     the frozen weight and bias get none."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, keep, factors, splits, ranks, *adapters):
+    def forward(ctx, x, weight, packed, bias, keep, factors, splits, ranks, *adapters):
         n = len(splits)
         lora_a, lora_b = adapters[:n], adapters[n:]
         shape = x.shape
@@ -73,14 +73,14 @@ class _LoraLinears(torch.autograd.Function):
         a_all = torch.cat(lora_a) if n > 1 else lora_a[0]  # [Σr, I]
         scaled = [b * f for b, f in zip(lora_b, factors)]
         b_all = torch.block_diag(*scaled) if n > 1 else scaled[0]  # [ΣO, Σr]
-        out = F.linear(rows, weight, bias)
+        out = packed.linear(rows, bias) if packed is not None else F.linear(rows, weight, bias)
         if keep is not None:
             keep = keep.view(rows.shape)
         kept = masked(rows, keep) if keep is not None else rows
         down = kept @ a_all.t()  # [T, Σr]
         out.addmm_(down, b_all.t())
         ctx.save_for_backward(weight, kept, keep, down, a_all, b_all)
-        ctx.factors, ctx.splits, ctx.ranks, ctx.shape = factors, splits, ranks, shape
+        ctx.factors, ctx.splits, ctx.ranks, ctx.shape, ctx.packed = factors, splits, ranks, shape, packed
         out = out.view(*shape[:-1], out.shape[-1])
         return tuple(out.split(splits, dim=-1)) if n > 1 else out
 
@@ -91,7 +91,7 @@ class _LoraLinears(torch.autograd.Function):
         grad_down = grad @ b_all  # [T, Σr]
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight
+            grad_x = ctx.packed.grad_input(grad) if ctx.packed is not None else grad @ weight
             lora_x = grad_down @ a_all
             if keep is not None:
                 masked(lora_x, keep, inplace=True)
@@ -100,7 +100,7 @@ class _LoraLinears(torch.autograd.Function):
         blocks = (grad.t() @ down).split(ctx.splits)  # member i's gradient: block (i, i)
         grad_b = [block.split(ctx.ranks, dim=1)[i] * factor
                   for i, (block, factor) in enumerate(zip(blocks, ctx.factors))]
-        return (grad_x, None, None, None, None, None, None, *grad_a, *grad_b)
+        return (grad_x, None, None, None, None, None, None, None, *grad_a, *grad_b)
 
 
 def _stacked(params: list) -> torch.Tensor:
@@ -152,6 +152,13 @@ class FusedGroup:
         # Where each member's weight lives: if the model is moved or cast afterwards, the stack
         # is stale and the members run PEFT's forward.
         self.places = [base.weight.data_ptr() for base in bases]
+        self.packed = None  # prepack.PackedWeight of the stack, once `pack` is called
+
+    def pack(self) -> None:
+        """Compute the frozen matmuls from packed copies of the stack (`prepack.py`)."""
+        from selftrain.training.prepack import PackedWeight
+
+        self.packed = PackedWeight(self.weight)
 
     def forward(self, index: int, x: torch.Tensor, *args, **kwargs):
         layer = self.layers[index]
@@ -194,7 +201,8 @@ class FusedGroup:
         lora_b = [layer.lora_B[name].weight for layer in self.layers]
         ranks = tuple(a.shape[0] for a in lora_a)
         factors = tuple(layer.scaling[name] / (1.0 - p) for layer in self.layers)
-        return _LoraLinears.apply(x, self.weight, self.bias, keep, factors, self.splits,
+        packed = self.packed if self.packed is not None and self.packed.current(self.weight) else None
+        return _LoraLinears.apply(x, self.weight, packed, self.bias, keep, factors, self.splits,
                                   ranks, *lora_a, *lora_b)
 
 

@@ -163,14 +163,14 @@ LOSS_BLOCK_BYTES = 16 << 20  # fp32 logits per block: below glibc's 32 MB mmap c
 
 
 def blockwise_loss_parts(model):
-    """(decoder, output weight) when `model`'s loss may be computed blockwise, else None:
+    """(decoder, output projection) when `model`'s loss may be computed blockwise, else None:
     a known architecture whose output projection has no bias and is not being trained."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if (getattr(base.config, "model_type", None) not in BLOCKWISE_LOSS_MODELS
             or not isinstance(head, torch.nn.Linear) or head.bias is not None or head.weight.requires_grad):
         return None
-    return base.get_decoder(), head.weight
+    return base.get_decoder(), head
 
 
 class _BlockwiseCrossEntropy(torch.autograd.Function):
@@ -178,37 +178,49 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
 
     The gradient with respect to `hidden`, (softmax − one-hot) @ weight / n, is computed in the
     forward pass block by block and kept (n × hidden size), so neither pass holds the whole
-    logits. The rounding follows the plain path: logits in the weight's dtype, softmax in fp32,
-    the gradient cast back to the hidden states' dtype before its matmul. `weight` gets no
-    gradient (callers check it is frozen)."""
+    logits. Each block's fp32 logits are the only buffer its softmax needs: the max is taken
+    out, then exp, sum and the scaling to probabilities / n all run in place. The rounding
+    follows the plain path: logits in the weight's dtype, softmax in fp32, the gradient cast
+    back to the hidden states' dtype before its matmul. `weight` gets no gradient (callers
+    check it is frozen); `packed` (a `prepack.PackedWeight` of it, or None) computes both
+    matmuls from packed copies."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, rows):
+    def forward(ctx, hidden, weight, packed, targets, rows):
         n = hidden.shape[0]
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         total = torch.zeros((), dtype=torch.float32)
         for start in range(0, n, rows):
-            target = targets[start:start + rows]
-            logits = (hidden[start:start + rows] @ weight.t()).float()
-            norm = torch.logsumexp(logits, dim=-1)
-            total += (norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            target = targets[start:start + rows, None]
+            block = hidden[start:start + rows]
+            logits = (packed.linear(block) if packed is not None else block @ weight.t()).float()
+            top = logits.amax(dim=-1, keepdim=True)
+            total -= logits.gather(1, target).sub_(top).sum()
+            sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            total += sums.log().sum()
             if grad is not None:
-                probs = logits.sub_(norm[:, None]).exp_()
-                probs[torch.arange(len(target)), target] -= 1.0
-                grad[start:start + rows] = probs.mul_(1.0 / n).to(hidden.dtype) @ weight
+                probs = logits.mul_(sums.reciprocal_().mul_(1.0 / n))  # softmax / n
+                probs.scatter_add_(1, target, torch.full(target.shape, -1.0 / n))
+                probs = probs.to(hidden.dtype)
+                grad[start:start + rows] = packed.grad_input(probs) if packed is not None else probs @ weight
         ctx.save_for_backward(grad)
         return total / max(n, 1)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None
+        return grad * grad_output.to(grad.dtype), None, None, None, None
 
 
-def blockwise_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the logits `hidden @ weightᵀ` ([n, d] @ [d, V]) against `targets`."""
+def blockwise_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits `head(hidden)` ([n, d] @ [d, V]) against `targets`;
+    from the head's packed weight when `prepack.use_packed_weights` packed it."""
+    weight = head.weight
+    packed = getattr(head.__dict__.get("forward"), "packed_weight", None)
+    if packed is not None and not packed.current(weight):
+        packed = None
     rows = max(1, LOSS_BLOCK_BYTES // (weight.shape[0] * 4))
-    return _BlockwiseCrossEntropy.apply(hidden, weight, targets, rows)
+    return _BlockwiseCrossEntropy.apply(hidden, weight, packed, targets, rows)
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -228,9 +240,9 @@ def packed_loss(model, batch: PackedBatch, *, logits: str = "blockwise") -> tupl
               "segment_lengths": batch.segment_lengths, "use_cache": False}
     n = int(batch.targets.numel())
     if logits == "blockwise" and n:
-        decoder, weight = blockwise_loss_parts(model)
+        decoder, head = blockwise_loss_parts(model)
         hidden = decoder(**kwargs).last_hidden_state[0, batch.loss_positions]
-        return blockwise_cross_entropy(hidden, weight, batch.targets), n
+        return blockwise_cross_entropy(hidden, head, batch.targets), n
     if logits == "all":
         out = model(**kwargs).logits[0, batch.loss_positions]
     else:

@@ -16,6 +16,8 @@ on a CPU (each measured in bench/RESULTS.md, "LoRA fine-tuning"):
 - a dropout that draws 16 random bits per element instead of an fp32 Bernoulli sample;
 - the LoRA layers that read one input (q/k/v) computed by one hand-written autograd step,
   with one dropout mask applied as integer bits (`fused.py`);
+- the frozen weights packed once into oneDNN's layout, instead of reordered by every
+  matmul, forward and backward (`prepack.py`);
 - AdamW's fused kernel over all the adapter tensors.
 
 Under `accelerate launch` / `torchrun` with several processes it trains data-parallel:
@@ -72,6 +74,7 @@ class SFTConfig:
     mixed_precision: str = "master"  # with bf16: master (bf16 adapters, fp32 masters) | fp32-adapters | autocast
     fast_dropout: bool = True
     fused_lora: bool = True  # q/k/v adapters in one autograd step, one dropout mask per input (fused.py)
+    packed_weights: bool = True  # frozen weights packed once for oneDNN's bf16 matmuls (prepack.py)
 
     @classmethod
     def from_settings(cls, s) -> "SFTConfig":
@@ -238,6 +241,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
+    from selftrain.training.prepack import use_packed_weights
 
     began = time.perf_counter()
     world = current_world()  # one process, or this rank of a data-parallel launch (distributed.py)
@@ -283,6 +287,8 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         use_fast_dropout(model)
     if config.fused_lora:
         use_fused_lora(model)
+    if config.packed_weights:
+        use_packed_weights(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     world.broadcast_(params)  # the same start on every rank

@@ -166,7 +166,7 @@ def test_blockwise_loss_only_where_the_output_layer_is_plain_and_frozen(tiny_mod
     assert head.weight.requires_grad  # a plain model trains every weight: no blockwise loss
     assert blockwise_loss_parts(model) is None
     head.weight.requires_grad_(False)
-    decoder, weight = blockwise_loss_parts(model)
-    assert decoder is model.get_decoder() and weight is head.weight
+    decoder, output = blockwise_loss_parts(model)
+    assert decoder is model.get_decoder() and output is head
     model.config.model_type = "gemma2"  # soft-caps its logits: the loss must see them
     assert blockwise_loss_parts(model) is None

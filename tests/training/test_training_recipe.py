@@ -111,6 +111,7 @@ def test_bad_input_is_one_sentence_before_training(tiny_model_dir, tmp_path, con
     dict(packing=True, answer_logits_only=True, mixed_precision="master", fast_dropout=False),
     dict(blockwise_loss=False),
     dict(fused_lora=False),
+    dict(packed_weights=False),
 ])
 def test_every_speed_lever_measures_the_same_losses(tiny_model_dir, tmp_path, levers):
     """Without dropout the levers change only rounding: the initial eval loss (one forward

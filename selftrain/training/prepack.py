@@ -1,0 +1,141 @@
+"""Frozen weights packed once, for the whole training run, into the layout oneDNN's matmul
+kernels read.
+
+A bf16 matmul on the CPU first copies its weight matrix into oneDNN's blocked layout, on
+every call. In LoRA training the base model's weights never change, yet each is used twice a
+step, x·Wᵀ forward and g·W backward, and copied both times, from memory that the rest of the
+step has long evicted from the cache. Here each frozen weight is packed once both ways (W for
+the forward, Wᵀ for the backward) and the two matmuls read the packed copies. The results are
+the same numbers (the kernels and their accumulation order do not change); the cost is the
+packed copies' memory, twice the frozen weights'.
+
+A packed copy is used only while its weight is the one it was taken from: the same tensor in
+the same place, not changed in place since (`Tensor._version`), in the input's dtype, not
+trained, and no autocast. Otherwise the layer runs its own forward. A change through `.data`
+bypasses the version counter, so the copies are made where nothing does that: `sft.run`
+packs its own model right before its training loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+# Imported only inside training runs, never by the CLI at start-up.
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def available(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU run bf16 linears on packed oneDNN weights."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
+class PackedWeight:
+    """A frozen weight W [out, in] packed for x·Wᵀ (`linear`) and for g·W (`grad_input`)."""
+
+    def __init__(self, weight: torch.Tensor):
+        data = weight.detach()
+        self.weight = weight
+        self.place, self.version, self.dtype = data.data_ptr(), weight._version, data.dtype
+        self.forward = torch.ops.mkldnn._reorder_linear_weight(data)
+        self.backward = torch.ops.mkldnn._reorder_linear_weight(data.t().contiguous())
+
+    def current(self, weight: torch.Tensor) -> bool:
+        """Whether `weight` is still, unchanged, the tensor these copies were packed from."""
+        return (weight is self.weight and weight.data_ptr() == self.place and weight._version == self.version
+                and weight.dtype == self.dtype)
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return _linear(x, self.forward, bias)
+
+    def grad_input(self, grad: torch.Tensor) -> torch.Tensor:
+        return _linear(grad, self.backward, None)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """x·Wᵀ + b with W and b frozen: the gradient goes to x only, and nothing is saved."""
+
+    @staticmethod
+    def forward(ctx, x, packed, bias):
+        ctx.packed = packed
+        return packed.linear(x, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.packed.grad_input(grad), None, None
+
+
+def usable(packed: PackedWeight, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (packed.current(weight) and x.dtype == packed.dtype and not weight.requires_grad
+            and (bias is None or (not bias.requires_grad and bias.dtype == x.dtype))
+            and not torch.is_autocast_enabled("cpu"))
+
+
+MEMORY_SHARE = 0.25  # the packed copies may take at most this share of the memory available
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def use_packed_weights(model, memory: int | None = None) -> int:
+    """Compute `model`'s frozen bf16 matmuls from packed weights: each group of fused LoRA
+    layers (`fused.py`) from its stack, every other frozen `nn.Linear` (PEFT's base layers
+    included) from its own weight. The copies take twice the packed weights' memory; if that
+    is over `MEMORY_SHARE` of `memory` (default: what is available now), nothing is packed.
+    Returns how many weights were packed; `unpack` undoes it."""
+    groups = {}
+    for module in model.modules():
+        group = getattr(module.__dict__.get("forward"), "fused_group", None)
+        if group is not None and available(group.weight.dtype):
+            groups[id(group)] = group
+    grouped = {id(layer.base_layer) for group in groups.values() for layer in group.layers}
+    linears = [module for module in model.modules()
+               if type(module) is torch.nn.Linear and id(module) not in grouped and not module.weight.requires_grad
+               and available(module.weight.dtype) and "forward" not in module.__dict__]
+    weights = [group.weight for group in groups.values()] + [module.weight for module in linears]
+    need = 2 * sum(w.numel() * w.element_size() for w in weights)
+    if need > MEMORY_SHARE * (available_memory() if memory is None else memory):
+        return 0
+    for group in groups.values():
+        group.pack()
+    for module in linears:
+        module.forward = _bound(module, PackedWeight(module.weight))
+    return len(weights)
+
+
+def _bound(module: torch.nn.Linear, packed: PackedWeight):
+    def forward(x):
+        if usable(packed, module.weight, x, module.bias):
+            return _FrozenLinear.apply(x, packed, module.bias)
+        return torch.nn.Linear.forward(module, x)
+    forward.packed_weight = packed
+    return forward
+
+
+def unpack(model) -> None:
+    for module in model.modules():
+        forward = module.__dict__.get("forward")
+        if hasattr(forward, "packed_weight"):
+            del module.forward
+        elif getattr(forward, "fused_group", None) is not None:
+            forward.fused_group.packed = None
