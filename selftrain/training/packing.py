@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from dataclasses import dataclass
 
 # Imported only inside training runs, never by the CLI at start-up.
@@ -190,10 +191,12 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         total = torch.zeros((), dtype=torch.float32)
+        wide, narrow = _loss_buffers(min(rows, n), weight.shape[0], hidden.dtype)
         for start in range(0, n, rows):
             target = targets[start:start + rows, None]
             block = hidden[start:start + rows]
-            logits = (packed.linear(block) if packed is not None else block @ weight.t()).float()
+            raw = packed.linear(block) if packed is not None else block @ weight.t()
+            logits = raw if raw.dtype == torch.float32 else wide[:len(block)].copy_(raw)
             top = logits.amax(dim=-1, keepdim=True)
             total -= logits.gather(1, target).sub_(top).sum()
             sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
@@ -201,7 +204,8 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
             if grad is not None:
                 probs = logits.mul_(sums.reciprocal_().mul_(1.0 / n))  # softmax / n
                 probs.scatter_add_(1, target, torch.full(target.shape, -1.0 / n))
-                probs = probs.to(hidden.dtype)
+                if hidden.dtype != torch.float32:
+                    probs = narrow[:len(block)].copy_(probs)
                 grad[start:start + rows] = packed.grad_input(probs) if packed is not None else probs @ weight
         ctx.save_for_backward(grad)
         return total / max(n, 1)
@@ -210,6 +214,20 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         return grad * grad_output.to(grad.dtype), None, None, None, None
+
+
+_buffers = threading.local()
+
+
+def _loss_buffers(rows: int, vocab: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """At least `rows` rows of fp32 logits and of their copy in `dtype`, kept from one step to
+    the next (per thread): a fresh buffer of this size costs a page fault per 4 KB on first
+    touch, more than the pass that fills it (bench/RESULTS.md)."""
+    kept = getattr(_buffers, "tensors", None)
+    if kept is None or kept[0].shape[0] < rows or kept[0].shape[1] != vocab or kept[1].dtype != dtype:
+        with torch.inference_mode(False):  # usable in place by training after an eval
+            _buffers.tensors = (torch.empty(rows, vocab, dtype=torch.float32), torch.empty(rows, vocab, dtype=dtype))
+    return _buffers.tensors
 
 
 def blockwise_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
