@@ -5,8 +5,8 @@ A bf16 matmul on the CPU first copies its weight matrix into oneDNN's blocked la
 every call. In LoRA training the base model's weights never change, yet each is used twice a
 step, x·Wᵀ forward and g·W backward, and copied both times, from memory that the rest of the
 step has long evicted from the cache. Here each frozen weight is packed once both ways (W for
-the forward, Wᵀ for the backward) and the two matmuls read the packed copies. The results are
-the same numbers (the kernels and their accumulation order do not change); the cost is the
+the forward, Wᵀ for the backward) and the two matmuls read the packed copies. The kernels are
+the same, and so were the results wherever measured (bench/RESULTS.md); the cost is the
 packed copies' memory, twice the frozen weights'.
 
 A packed copy is used only while its weight is the one it was taken from: the same tensor in
@@ -73,10 +73,14 @@ class _FrozenLinear(torch.autograd.Function):
         return ctx.packed.grad_input(grad), None, None
 
 
-def usable(packed: PackedWeight, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def _usable(packed: PackedWeight, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return (packed.current(weight) and x.dtype == packed.dtype and not weight.requires_grad
             and (bias is None or (not bias.requires_grad and bias.dtype == x.dtype))
             and not torch.is_autocast_enabled("cpu"))
+
+
+def _packable(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and available(weight.dtype)
 
 
 MEMORY_SHARE = 0.25  # the packed copies may take at most this share of the memory available
@@ -106,12 +110,12 @@ def use_packed_weights(model, memory: int | None = None) -> int:
     groups = {}
     for module in model.modules():
         group = getattr(module.__dict__.get("forward"), "fused_group", None)
-        if group is not None and available(group.weight.dtype):
+        if group is not None and _packable(group.weight):
             groups[id(group)] = group
     grouped = {id(layer.base_layer) for group in groups.values() for layer in group.layers}
     linears = [module for module in model.modules()
                if type(module) is torch.nn.Linear and id(module) not in grouped and not module.weight.requires_grad
-               and available(module.weight.dtype) and "forward" not in module.__dict__]
+               and _packable(module.weight) and "forward" not in module.__dict__]
     weights = [group.weight for group in groups.values()] + [module.weight for module in linears]
     need = 2 * sum(w.numel() * w.element_size() for w in weights)
     if need > MEMORY_SHARE * (available_memory() if memory is None else memory):
@@ -125,7 +129,7 @@ def use_packed_weights(model, memory: int | None = None) -> int:
 
 def _bound(module: torch.nn.Linear, packed: PackedWeight):
     def forward(x):
-        if usable(packed, module.weight, x, module.bias):
+        if _usable(packed, module.weight, x, module.bias):
             return _FrozenLinear.apply(x, packed, module.bias)
         return torch.nn.Linear.forward(module, x)
     forward.packed_weight = packed

@@ -80,7 +80,7 @@ def test_nothing_is_packed_when_the_copies_would_not_fit():
 
 
 def test_fused_lora_layers_and_the_rest_of_a_bf16_model_give_the_same_loss_and_gradients(calls):
-    from tests.training.test_training_fused import loss_and_grads, tiny
+    from .test_training_fused import loss_and_grads, tiny
 
     from selftrain.training.fused import use_fused_lora
 
