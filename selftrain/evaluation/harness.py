@@ -237,6 +237,9 @@ def _sample(model, tokenizer, prompts: list[str], *, samples: int, temperature: 
     batches of batch_size rows; the seed makes a run repeatable."""
     import torch
 
+    from selftrain.models.prepack import pack_for_generation
+
+    pack_for_generation(model)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

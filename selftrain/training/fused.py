@@ -156,7 +156,7 @@ class FusedGroup:
 
     def pack(self) -> None:
         """Compute the frozen matmuls from packed copies of the stack (`prepack.py`)."""
-        from selftrain.training.prepack import PackedWeight
+        from selftrain.models.prepack import PackedWeight
 
         self.packed = PackedWeight(self.weight)
 

@@ -17,7 +17,7 @@ on a CPU (each measured in bench/RESULTS.md, "LoRA fine-tuning"):
 - the LoRA layers that read one input (q/k/v) computed by one hand-written autograd step,
   with one dropout mask applied as integer bits (`fused.py`);
 - the frozen weights packed once into oneDNN's layout, instead of reordered by every
-  matmul, forward and backward (`prepack.py`);
+  matmul, forward and backward (`models/prepack.py`);
 - AdamW's fused kernel over all the adapter tensors.
 
 Under `accelerate launch` / `torchrun` with several processes it trains data-parallel:
@@ -74,7 +74,7 @@ class SFTConfig:
     mixed_precision: str = "master"  # with bf16: master (bf16 adapters, fp32 masters) | fp32-adapters | autocast
     fast_dropout: bool = True
     fused_lora: bool = True  # q/k/v adapters in one autograd step, one dropout mask per input (fused.py)
-    packed_weights: bool = True  # frozen weights packed once for oneDNN's bf16 matmuls (prepack.py)
+    packed_weights: bool = True  # frozen weights packed once for oneDNN's bf16 matmuls (models/prepack.py)
 
     @classmethod
     def from_settings(cls, s) -> "SFTConfig":
@@ -241,7 +241,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
-    from selftrain.training.prepack import use_packed_weights
+    from selftrain.models.prepack import use_packed_weights
 
     began = time.perf_counter()
     world = current_world()  # one process, or this rank of a data-parallel launch (distributed.py)

@@ -1,11 +1,11 @@
-"""Packed frozen weights (training/prepack.py) must compute what the plain bf16 matmuls
+"""Packed frozen weights (models/prepack.py) must compute what the plain bf16 matmuls
 compute, and only while the weight they were packed from is unchanged."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from selftrain.training import prepack  # noqa: E402
+from selftrain.models import prepack  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not prepack.available(torch.bfloat16),
                                 reason="this CPU or torch build has no oneDNN bf16 linear")
@@ -121,3 +121,28 @@ def test_the_blockwise_loss_on_a_packed_output_layer_gives_the_same_loss_and_gra
     assert calls[0] == 2 * 5  # five blocks, two matmuls each
     assert float(loss) == pytest.approx(float(whole), rel=1e-5)
     torch.testing.assert_close(hidden.grad, expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()))
+
+
+def test_generation_packs_the_model_once_and_writes_the_same_tokens(tiny_model_dir, calls):
+    from selftrain.models.base import load_model
+    from selftrain.models.generate import generate
+
+    model, tok = load_model(str(tiny_model_dir), "bfloat16")
+    prompts = ["def add(a, b):", "Write a function that reverses a list.", "x = 1"]
+    first = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
+    assert calls[0] > 0  # the first call packed the model: its linears ran on packed weights
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert all("forward" in m.__dict__ and m.__dict__["forward"].packed_weight.backward is None for m in linears)
+    assert all(p.requires_grad for p in model.parameters())  # the caller's model is left as it was
+    calls[0] = 0
+    again = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
+    assert again == first and calls[0] > 0
+    prepack.unpack(model)
+    calls[0] = 0
+    unpacked = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
+    assert unpacked == first and calls[0] == 0  # packed once: not again after unpack
+    with torch.enable_grad():  # gradients on: a forward-only copy is not used
+        prepack.use_packed_weights(model, inference=True)
+        x = torch.randn(2, linears[0].in_features, dtype=torch.bfloat16)
+        linears[0](x)
+    assert calls[0] == 0

@@ -1,5 +1,5 @@
-"""Frozen weights packed once, for the whole training run, into the layout oneDNN's matmul
-kernels read.
+"""Frozen weights packed once, for a training run or a model's life in service, into the
+layout oneDNN's matmul kernels read.
 
 A bf16 matmul on the CPU first copies its weight matrix into oneDNN's blocked layout, on
 every call. In LoRA training the base model's weights never change, yet each is used twice a
@@ -9,11 +9,16 @@ the forward, Wᵀ for the backward) and the two matmuls read the packed copies. 
 the same, and so were the results wherever measured (bench/RESULTS.md); the cost is the
 packed copies' memory, twice the frozen weights'.
 
+Generation gains too, more: at a decode step's few rows the copy of the weight costs more than
+the product. There only the forward copy is made (`inference=True`), used while gradients are
+off.
+
 A packed copy is used only while its weight is the one it was taken from: the same tensor in
 the same place, not changed in place since (`Tensor._version`), in the input's dtype, not
-trained, and no autocast. Otherwise the layer runs its own forward. A change through `.data`
-bypasses the version counter, so the copies are made where nothing does that: `sft.run`
-packs its own model right before its training loop.
+trained (unless gradients are off), and no autocast. Otherwise the layer runs its own forward.
+A change through `.data` bypasses the version counter, so the copies are made where nothing
+does that: `sft.run` packs its own model right before its training loop, `generate` a model
+loaded for answering (adapters already merged).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import functools
 import os
 
-# Imported only inside training runs, never by the CLI at start-up.
+# Imported only where a model runs, never by the CLI at start-up.
 import torch
 
 
@@ -39,14 +44,15 @@ def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 class PackedWeight:
-    """A frozen weight W [out, in] packed for x·Wᵀ (`linear`) and for g·W (`grad_input`)."""
+    """A frozen weight W [out, in] packed for x·Wᵀ (`linear`) and, unless `backward` is
+    False (inference only), for g·W (`grad_input`)."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, backward: bool = True):
         data = weight.detach()
         self.weight = weight
         self.place, self.version, self.dtype = data.data_ptr(), weight._version, data.dtype
         self.forward = torch.ops.mkldnn._reorder_linear_weight(data)
-        self.backward = torch.ops.mkldnn._reorder_linear_weight(data.t().contiguous())
+        self.backward = torch.ops.mkldnn._reorder_linear_weight(data.t().contiguous()) if backward else None
 
     def current(self, weight: torch.Tensor) -> bool:
         """Whether `weight` is still, unchanged, the tensor these copies were packed from."""
@@ -74,9 +80,13 @@ class _FrozenLinear(torch.autograd.Function):
 
 
 def _usable(packed: PackedWeight, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return (packed.current(weight) and x.dtype == packed.dtype and not weight.requires_grad
-            and (bias is None or (not bias.requires_grad and bias.dtype == x.dtype))
-            and not torch.is_autocast_enabled("cpu"))
+    """The copies are current and fit x; with gradients on, W and b are frozen and there is
+    a backward copy."""
+    if (not packed.current(weight) or x.dtype != packed.dtype or torch.is_autocast_enabled("cpu")
+            or (bias is not None and bias.dtype != x.dtype)):
+        return False
+    return not torch.is_grad_enabled() or (
+        packed.backward is not None and not weight.requires_grad and (bias is None or not bias.requires_grad))
 
 
 def _packable(weight: torch.Tensor) -> bool:
@@ -101,11 +111,13 @@ def available_memory() -> int:
         return 0
 
 
-def use_packed_weights(model, memory: int | None = None) -> int:
+def use_packed_weights(model, memory: int | None = None, *, inference: bool = False) -> int:
     """Compute `model`'s frozen bf16 matmuls from packed weights: each group of fused LoRA
     layers (`fused.py`) from its stack, every other frozen `nn.Linear` (PEFT's base layers
     included) from its own weight. The copies take twice the packed weights' memory; if that
     is over `MEMORY_SHARE` of `memory` (default: what is available now), nothing is packed.
+    With `inference`, every bf16 `nn.Linear` gets a forward copy only (half the memory), used
+    while gradients are off (`torch.inference_mode`, `torch.no_grad`).
     Returns how many weights were packed; `unpack` undoes it."""
     groups = {}
     for module in model.modules():
@@ -113,23 +125,36 @@ def use_packed_weights(model, memory: int | None = None) -> int:
         if group is not None and _packable(group.weight):
             groups[id(group)] = group
     grouped = {id(layer.base_layer) for group in groups.values() for layer in group.layers}
+    if inference:
+        groups, grouped = {}, set()
     linears = [module for module in model.modules()
-               if type(module) is torch.nn.Linear and id(module) not in grouped and not module.weight.requires_grad
+               if type(module) is torch.nn.Linear and id(module) not in grouped
+               and (inference or not module.weight.requires_grad)
                and _packable(module.weight) and "forward" not in module.__dict__]
     weights = [group.weight for group in groups.values()] + [module.weight for module in linears]
-    need = 2 * sum(w.numel() * w.element_size() for w in weights)
+    need = (1 if inference else 2) * sum(w.numel() * w.element_size() for w in weights)
     if need > MEMORY_SHARE * (available_memory() if memory is None else memory):
         return 0
     for group in groups.values():
         group.pack()
     for module in linears:
-        module.forward = _bound(module, PackedWeight(module.weight))
+        module.forward = _bound(module, PackedWeight(module.weight, backward=not inference))
     return len(weights)
+
+
+def pack_for_generation(model) -> None:
+    """Pack `model`'s bf16 linears for inference (`use_packed_weights(inference=True)`), the
+    first time it is given; a model loaded for answering is packed once for its lifetime."""
+    if not getattr(model, "_selftrain_packed", False):
+        use_packed_weights(model, inference=True)
+        model._selftrain_packed = True
 
 
 def _bound(module: torch.nn.Linear, packed: PackedWeight):
     def forward(x):
         if _usable(packed, module.weight, x, module.bias):
+            if not torch.is_grad_enabled():
+                return packed.linear(x, module.bias)
             return _FrozenLinear.apply(x, packed, module.bias)
         return torch.nn.Linear.forward(module, x)
     forward.packed_weight = packed
