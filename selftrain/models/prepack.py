@@ -119,14 +119,12 @@ def use_packed_weights(model, memory: int | None = None, *, inference: bool = Fa
     With `inference`, every bf16 `nn.Linear` gets a forward copy only (half the memory), used
     while gradients are off (`torch.inference_mode`, `torch.no_grad`).
     Returns how many weights were packed; `unpack` undoes it."""
-    groups = {}
+    groups = {}  # fused LoRA groups (training only): packed as their stacks, not member by member
     for module in model.modules():
         group = getattr(module.__dict__.get("forward"), "fused_group", None)
-        if group is not None and _packable(group.weight):
+        if group is not None and not inference and _packable(group.weight):
             groups[id(group)] = group
     grouped = {id(layer.base_layer) for group in groups.values() for layer in group.layers}
-    if inference:
-        groups, grouped = {}, set()
     linears = [module for module in model.modules()
                if type(module) is torch.nn.Linear and id(module) not in grouped
                and (inference or not module.weight.requires_grad)

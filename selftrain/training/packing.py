@@ -160,7 +160,7 @@ def use_segment_attention(model, max_length: int) -> bool:
 # Causal LMs whose forward is exactly `lm_head(decoder(...).last_hidden_state)`: no logit
 # scaling or soft-capping that the blockwise loss would skip.
 BLOCKWISE_LOSS_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-LOSS_BLOCK_BYTES = 16 << 20  # fp32 logits per block: below glibc's 32 MB mmap ceiling, so reused
+LOSS_BLOCK_BYTES = 16 << 20  # fp32 logits per block (one buffer, kept between steps: `_loss_buffers`)
 
 
 def blockwise_loss_parts(model):
@@ -235,7 +235,8 @@ def blockwise_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets
     from the head's packed weight when `prepack.use_packed_weights` packed it."""
     weight = head.weight
     packed = getattr(head.__dict__.get("forward"), "packed_weight", None)
-    if packed is not None and not packed.current(weight):
+    if packed is not None and (not packed.current(weight) or hidden.dtype != packed.dtype
+                               or (packed.backward is None and torch.is_grad_enabled())):
         packed = None
     rows = max(1, LOSS_BLOCK_BYTES // (weight.shape[0] * 4))
     return _BlockwiseCrossEntropy.apply(hidden, weight, packed, targets, rows)
