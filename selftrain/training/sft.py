@@ -235,13 +235,13 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
+    from selftrain.models.prepack import use_packed_weights
     from selftrain.training import checkpoint
     from selftrain.training.distributed import current_world
     from selftrain.training.fused import use_fused_lora
     from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
-    from selftrain.models.prepack import use_packed_weights
 
     began = time.perf_counter()
     world = current_world()  # one process, or this rank of a data-parallel launch (distributed.py)
