@@ -235,10 +235,10 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from selftrain.models.prepack import use_packed_weights
+    from selftrain.models.prepack import unpack, use_packed_weights
     from selftrain.training import checkpoint
     from selftrain.training.distributed import current_world
-    from selftrain.training.fused import use_fused_lora
+    from selftrain.training.fused import unfuse, use_fused_lora
     from selftrain.training.monitor import TrainingMonitor, open_reporter
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
@@ -403,6 +403,10 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         model.save_pretrained(output_dir)
         checkpoint.remove(checkpoint_dir)
     world.barrier()  # every rank returns once the adapter is on disk
+    # The bound forwards hold the model in reference cycles: broken here, its memory (packed
+    # copies included) is given back now rather than at the next garbage collection.
+    unpack(model)
+    unfuse(model)
     losses = [r["loss"] for r in history if "loss" in r]
     recent = losses[-max(1, min(len(losses), 10)):] or [float("nan")]
     return SFTResult(adapter_dir=output_dir, train_loss=sum(recent) / len(recent), eval_loss=best_eval,
