@@ -44,13 +44,13 @@ def active_version_ref(db: Database) -> tuple[str | None, str | None]:
 
 def load_version(settings: Settings, version_id: str | None, adapter: str | None) -> LoadedModel:
     """The base model with `adapter` merged in (none: the base model itself)."""
-    from selftrain.models.prepack import pack_for_generation
+    from selftrain.models.prepack import use_packed_weights
 
     location = resolve_base_model(settings.base_model, settings.model_cache_dir,
                                   settings.allow_model_downloads)
     model, tokenizer = load_model(location, settings.dtype, adapter=adapter)
     model.eval()
-    pack_for_generation(model)  # bf16 weights in oneDNN's layout once, not at every decode step
+    use_packed_weights(model, inference=True)  # bf16 weights in oneDNN's layout once, not every decode step
     return LoadedModel(model, tokenizer, version_id)
 
 

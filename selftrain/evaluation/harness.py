@@ -212,8 +212,12 @@ def evaluate_model(model, tokenizer, suite: Suite, sandbox: Sandbox, *, prompt_f
 def _generate(model, tokenizer, prompts: list[str], *, samples: int, temperature: float, seed: int,
               max_new_tokens: int, batch_size: int, progress: Progress | None,
               code_only: bool = False) -> list[list[str]]:
-    """Generated text per prompt: one greedy answer, or `samples` sampled ones."""
+    """Generated text per prompt: one greedy answer, or `samples` sampled ones. The model's
+    bf16 linears answer from packed weights (`prepack.py`: the same tokens, faster)."""
     from selftrain.models.generate import generate
+    from selftrain.models.prepack import use_packed_weights
+
+    use_packed_weights(model, inference=True)  # packs nothing where it already was
 
     texts: list[list[str]] = []
     chunk = max(1, batch_size * 4 // samples)  # a few batches at a time, so progress moves
@@ -237,9 +241,6 @@ def _sample(model, tokenizer, prompts: list[str], *, samples: int, temperature: 
     batches of batch_size rows; the seed makes a run repeatable."""
     import torch
 
-    from selftrain.models.prepack import pack_for_generation
-
-    pack_for_generation(model)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -25,14 +25,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 256,
     Prompts are batched by similar length (left-padded, so every row continues from its
     last real token) to waste little compute on padding. `code_only` ends a row as soon as
     it has written the code block `split_answer` picks (evaluation needs no explanation):
-    the extracted code is the same, and most of the tokens are saved. A bf16 model's linear
-    weights are packed for oneDNN on the first call (`prepack.py`; the same tokens, faster).
+    the extracted code is the same, and most of the tokens are saved.
     """
     import torch
 
-    from selftrain.models.prepack import pack_for_generation
-
-    pack_for_generation(model)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -17,8 +17,9 @@ A packed copy is used only while its weight is the one it was taken from: the sa
 the same place, not changed in place since (`Tensor._version`), in the input's dtype, not
 trained (unless gradients are off), and no autocast. Otherwise the layer runs its own forward.
 A change through `.data` bypasses the version counter, so the copies are made where nothing
-does that: `sft.run` packs its own model right before its training loop, `generate` a model
-loaded for answering (adapters already merged).
+does that: `sft.run` packs its own model right before its training loop; the serving engine
+and the agent (`agent.load_version`) and evaluation (`harness.evaluate_model`) pack models
+loaded for answering, adapters already merged.
 """
 
 from __future__ import annotations
@@ -118,11 +119,12 @@ def use_packed_weights(model, memory: int | None = None, *, inference: bool = Fa
     is over `MEMORY_SHARE` of `memory` (default: what is available now), nothing is packed.
     With `inference`, every bf16 `nn.Linear` gets a forward copy only (half the memory), used
     while gradients are off (`torch.inference_mode`, `torch.no_grad`).
-    Returns how many weights were packed; `unpack` undoes it."""
+    A linear packed already is left as it is. Returns how many weights were packed; `unpack`
+    undoes it."""
     groups = {}  # fused LoRA groups (training only): packed as their stacks, not member by member
     for module in model.modules():
         group = getattr(module.__dict__.get("forward"), "fused_group", None)
-        if group is not None and not inference and _packable(group.weight):
+        if group is not None and group.packed is None and not inference and _packable(group.weight):
             groups[id(group)] = group
     grouped = {id(layer.base_layer) for group in groups.values() for layer in group.layers}
     linears = [module for module in model.modules()
@@ -138,14 +140,6 @@ def use_packed_weights(model, memory: int | None = None, *, inference: bool = Fa
     for module in linears:
         module.forward = _bound(module, PackedWeight(module.weight, backward=not inference))
     return len(weights)
-
-
-def pack_for_generation(model) -> None:
-    """Pack `model`'s bf16 linears for inference (`use_packed_weights(inference=True)`), the
-    first time it is given; a model loaded for answering is packed once for its lifetime."""
-    if not getattr(model, "_selftrain_packed", False):
-        use_packed_weights(model, inference=True)
-        model._selftrain_packed = True
 
 
 def _bound(module: torch.nn.Linear, packed: PackedWeight):

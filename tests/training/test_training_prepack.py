@@ -123,26 +123,35 @@ def test_the_blockwise_loss_on_a_packed_output_layer_gives_the_same_loss_and_gra
     torch.testing.assert_close(hidden.grad, expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()))
 
 
-def test_generation_packs_the_model_once_and_writes_the_same_tokens(tiny_model_dir, calls):
+def test_models_loaded_for_answering_write_the_same_tokens_from_packed_weights(tiny_model_dir, calls):
+    from selftrain.evaluation.harness import _generate
     from selftrain.models.base import load_model
     from selftrain.models.generate import generate
 
     model, tok = load_model(str(tiny_model_dir), "bfloat16")
     prompts = ["def add(a, b):", "Write a function that reverses a list.", "x = 1"]
-    first = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
-    assert calls[0] > 0  # the first call packed the model: its linears ran on packed weights
+    plain = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
+    assert calls[0] == 0
+    # evaluation packs the model it is given: forward copies only, the caller's model otherwise as it was
+    texts = _generate(model, tok, prompts, samples=1, temperature=0.0, seed=0, max_new_tokens=12,
+                      batch_size=2, progress=None)
+    assert [t[0] for t in texts] == plain and calls[0] > 0
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     assert all("forward" in m.__dict__ and m.__dict__["forward"].packed_weight.backward is None for m in linears)
-    assert all(p.requires_grad for p in model.parameters())  # the caller's model is left as it was
-    calls[0] = 0
-    again = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
-    assert again == first and calls[0] > 0
-    prepack.unpack(model)
-    calls[0] = 0
-    unpacked = [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)]
-    assert unpacked == first and calls[0] == 0  # packed once: not again after unpack
+    assert all(p.requires_grad for p in model.parameters())
+    assert prepack.use_packed_weights(model, inference=True) == 0  # packed already: left as it is
     with torch.enable_grad():  # gradients on: a forward-only copy is not used
-        prepack.use_packed_weights(model, inference=True)
-        x = torch.randn(2, linears[0].in_features, dtype=torch.bfloat16)
-        linears[0](x)
+        calls[0] = 0
+        linears[0](torch.randn(2, linears[0].in_features, dtype=torch.bfloat16))
     assert calls[0] == 0
+    prepack.unpack(model)
+    assert [g.text for g in generate(model, tok, prompts, max_new_tokens=12, batch_size=2)] == plain
+
+
+def test_a_version_loaded_for_serving_is_packed(tiny_model_dir):
+    from selftrain.agent import load_version
+    from selftrain.config import Settings
+
+    loaded = load_version(Settings(base_model=str(tiny_model_dir), dtype="bfloat16"), None, None)
+    linears = [m for m in loaded.model.modules() if type(m) is torch.nn.Linear]
+    assert linears and all("forward" in m.__dict__ for m in linears)
