@@ -2,7 +2,8 @@
 and each of our speed levers on its own.
 
     python bench/sft.py [--model DIR] [--snapshot FILE] [--examples N] [--answer-refs N]
-                        [--naive-steps N] [--threads N] [--rounds N] [--levers] [--json bench/out/sft.json]
+                        [--naive-steps N] [--threads N] [--rounds N] [--levers] [--profile]
+                        [--json bench/out/sft.json]
 
 Without --model the built-in SmolLM2-135M-Instruct is converted once into --workspace
 (default /tmp/selftrain-bench); without --snapshot the data are the reference solutions of
@@ -16,11 +17,14 @@ real code rather than ~140.
 - ours: `selftrain.training.sft.run` with its defaults (bf16, packing with per-example
   attention, logits at answer positions only, bf16 adapters with fp32 masters, fast
   dropout, the loss computed blockwise from the hidden states, the LoRA layers that read
-  one input computed together, the frozen weights packed once for oneDNN), one epoch over
-  the same examples.
+  one input computed together, the frozen weights packed once for oneDNN, RMSNorm's forward
+  and backward by hand), one epoch over the same examples.
+- with --profile: where a step of ours goes, by kind of operator (`torch.profiler`, self CPU
+  time over 8 steps after the warm-up): the frozen weights' packed matmuls, attention, the
+  small matmuls, dropout's random bits, the other operators, and what is between them.
 - with --levers: ours with one lever changed at a time, starting from the plain recipe
   (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout, PEFT's own LoRA
-  layers, weights reordered by every matmul).
+  layers, weights reordered by every matmul, transformers' RMSNorm).
 
 Each variant runs in its own process (its own peak memory, no warm caches shared); naive and
 ours alternate for --rounds rounds and the fastest round of each is reported. Reported
@@ -60,7 +64,7 @@ WARMUP_STEPS = 2  # steps not timed in every variant
 NAIVE = "naive (spec: Trainer, fp32, pad to 512)"
 
 PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False,
-             fused_lora=False, packed_weights=False)
+             fused_lora=False, packed_weights=False, fast_norms=False)
 LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
     "plain (previous recipe: padding, fp32 adapters)": PLAIN,
     "+ packing": {**PLAIN, "packing": True},
@@ -69,9 +73,10 @@ LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
                                         "mixed_precision": "autocast"},
     "+ ... + bf16 adapters, fp32 masters": {**PLAIN, "packing": True, "answer_logits_only": True,
                                             "mixed_precision": "master"},
-    "+ ... + fast dropout": {"fused_lora": False, "packed_weights": False},
-    "+ ... + fused LoRA layers": {"packed_weights": False},
-    "+ ... + packed frozen weights (= ours)": {},
+    "+ ... + fast dropout": {"fused_lora": False, "packed_weights": False, "fast_norms": False},
+    "+ ... + fused LoRA layers": {"packed_weights": False, "fast_norms": False},
+    "+ ... + packed frozen weights": {"fast_norms": False},
+    "+ ... + RMSNorm by hand (= ours)": {},
     "ours, loss on whole logits (not blockwise)": {"blockwise_loss": False},
     "ours without dropout": {"lora_dropout": 0.0},
     "ours in fp32": {"dtype": "float32"},
@@ -135,7 +140,7 @@ def load_examples(snapshot: str, n: int, answer_refs: int = 1):
     return read_snapshot(path)[:n]
 
 
-def run_ours(args, overrides: dict) -> dict:
+def run_ours(args, overrides: dict, profiler=None) -> dict:
     from selftrain.models.base import load_model
     from selftrain.training.sft import SFTConfig, run, tokenize
 
@@ -147,9 +152,15 @@ def run_ours(args, overrides: dict) -> dict:
     def on_step(record):
         records.append(record)
         cpu.append(time.process_time())
+        if profiler is not None:
+            profiler.step()
 
     with tempfile.TemporaryDirectory() as tmp:
+        if profiler is not None:
+            profiler.start()
         result = run(config, examples, args.model, Path(tmp) / "adapter", on_step=on_step)
+        if profiler is not None:
+            profiler.stop()
     timed = records[WARMUP_STEPS:]
     tokens = sum(r["tokens"] for r in timed)
     seconds = sum(r["seconds"] for r in timed)
@@ -215,6 +226,55 @@ def run_naive(args) -> dict:
             "padded_share": 1 - sum(lengths) / (512 * len(lengths))}
 
 
+# Where a step's time goes (--profile): operators by what they do, self CPU time.
+PROFILE_STEPS = 8
+PROFILE_GROUPS = (
+    ("frozen matmuls, packed (oneDNN)", ("mkldnn::_linear_pointwise",)),
+    ("attention: batched matmuls, softmax", ("aten::bmm", "aten::baddbmm", "aten::_softmax",
+                                             "aten::_softmax_backward_data",
+                                             "aten::_scaled_dot_product_flash_attention_for_cpu",
+                                             "aten::_scaled_dot_product_flash_attention_for_cpu_backward")),
+    ("other matmuls: LoRA's rank-r, unpacked", ("aten::mm", "aten::addmm", "aten::addmm_")),
+    ("dropout's random bits", ("aten::random_",)),
+)
+OTHER_ATEN = "elementwise, copies, reductions (other aten ops)"
+BETWEEN = "Python and autograd between operators"
+
+
+def profile_ours(args) -> dict:
+    """`PROFILE_STEPS` steps of ours after the warm-up, under `torch.profiler`: milliseconds per
+    step in each of `PROFILE_GROUPS` and the top operators."""
+    import torch
+
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU],
+        schedule=torch.profiler.schedule(wait=WARMUP_STEPS + 1, warmup=1, active=PROFILE_STEPS, repeat=1))
+    out = run_ours(args, json.loads(args.overrides), profiler)
+    events = profiler.key_averages()
+    steps = max(1, sum(e.count for e in events if e.key.startswith("ProfilerStep")))
+    names = {name: group for group, names in PROFILE_GROUPS for name in names}
+    groups = {group: 0.0 for group, _ in PROFILE_GROUPS} | {OTHER_ATEN: 0.0, BETWEEN: 0.0}
+    for e in events:
+        group = names.get(e.key) or (OTHER_ATEN if e.key.startswith("aten::") else BETWEEN)
+        groups[group] += e.self_cpu_time_total / 1000 / steps
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    out["profile"] = {"steps": steps, "ms_per_step": groups,
+                      "top_ops": [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1000 / steps,
+                                   "calls_per_step": e.count / steps} for e in top]}
+    return out
+
+
+def print_profile(profile: dict) -> None:
+    total = sum(profile["ms_per_step"].values())
+    print(f"\nwhere a step of ours goes (torch.profiler, {profile['steps']} steps, self CPU time; "
+          f"{total:.0f} ms per step under the profiler)")
+    for group, ms in sorted(profile["ms_per_step"].items(), key=lambda kv: -kv[1]):
+        print(f"  {group:50} {ms:8.1f} ms {100 * ms / total:5.1f}%")
+    print("  top operators:")
+    for op in profile["top_ops"]:
+        print(f"    {op['op']:48} {op['ms_per_step']:8.1f} ms {op['calls_per_step']:7.0f} calls")
+
+
 def child(args) -> None:
     began = os.getloadavg()[0]
     if args.variant == "peak":
@@ -223,6 +283,8 @@ def child(args) -> None:
         out = model_shape(args.model)
     elif args.variant == "naive":
         out = run_naive(args)
+    elif args.variant == "profile":
+        out = profile_ours(args)
     else:
         out = run_ours(args, json.loads(args.overrides))
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
@@ -264,6 +326,8 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="also measure each speed lever")
     parser.add_argument("--rounds", type=int, default=2, help="alternating naive/ours rounds")
     parser.add_argument("--lever-rounds", type=int, default=1, help="rounds over the lever variants")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile ours: where a step's time goes, by kind of operator")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "sft.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -302,6 +366,7 @@ def main() -> None:
             for name, overrides in levers.items():
                 rounds.setdefault(name, []).append(spawn(args, "ours", overrides))
         runs.update({name: best_run(rounds[name]) for name in levers})
+    profile = spawn(args, "profile")["profile"] if args.profile else None
     peaks.append(spawn(args, "peak"))
     peak = max(p["bf16_gflops"] for p in peaks)
 
@@ -333,12 +398,14 @@ def main() -> None:
     print(f"targets: ≥{TARGET_RATIO:g}× naive: {ours['ratio_vs_naive']:.2f}× (per CPU second "
           f"{ours['cpu_ratio_vs_naive']:.2f}×); MFU ≥{100 * TARGET_MFU:.0f}%: "
           f"{100 * ours['mfu']:.1f}%; peak memory <{TARGET_MEMORY_GB:g} GB: {ours['peak_rss_gb']:.2f} GB")
+    if profile:
+        print_profile(profile)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
                                "examples": args.examples, "bf16_peak_gflops": peak, "peaks": peaks,
                                "model": shape, "load_before": load_before, "load_after": os.getloadavg(),
-                               "rows": table}, indent=1))
+                               "rows": table, "profile": profile}, indent=1))
     print(f"wrote {out}")
 
 
