@@ -156,7 +156,9 @@ def load_model(location: str, dtype: str = "auto", adapter: str | None = None,
     _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype))
+        # Hub kernels off: transformers maps none to the CPU, and with them on, every
+        # train()/eval() switch resets the forward of each layer they manage (norms.py's).
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), use_kernels=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SelftrainError(f"Could not load the model {location!r}: {first}") from None
