@@ -156,9 +156,7 @@ def load_model(location: str, dtype: str = "auto", adapter: str | None = None,
     _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        # Hub kernels off: transformers maps none to the CPU, and with them on, every
-        # train()/eval() switch resets the forward of each layer they manage (norms.py's).
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), use_kernels=False)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype))
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SelftrainError(f"Could not load the model {location!r}: {first}") from None

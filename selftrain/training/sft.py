@@ -18,7 +18,6 @@ on a CPU (each measured in bench/RESULTS.md, "LoRA fine-tuning"):
   with one dropout mask applied as integer bits (`fused.py`);
 - the frozen weights packed once into oneDNN's layout, instead of reordered by every
   matmul, forward and backward (`models/prepack.py`);
-- RMSNorm's forward and backward by hand, in half the passes over memory (`norms.py`);
 - AdamW's fused kernel over all the adapter tensors.
 
 Under `accelerate launch` / `torchrun` with several processes it trains data-parallel:
@@ -76,7 +75,6 @@ class SFTConfig:
     fast_dropout: bool = True
     fused_lora: bool = True  # q/k/v adapters in one autograd step, one dropout mask per input (fused.py)
     packed_weights: bool = True  # frozen weights packed once for oneDNN's bf16 matmuls (models/prepack.py)
-    fast_norms: bool = True  # RMSNorm forward and backward by hand, in half the passes (norms.py)
 
     @classmethod
     def from_settings(cls, s) -> "SFTConfig":
@@ -242,7 +240,6 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     from selftrain.training.distributed import current_world
     from selftrain.training.fused import unfuse, use_fused_lora
     from selftrain.training.monitor import TrainingMonitor, open_reporter
-    from selftrain.training.norms import restore_norms, use_fast_norms
     from selftrain.training.packing import use_segment_attention
     from selftrain.training.precision import MasterWeights, use_fast_dropout
 
@@ -292,8 +289,6 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
         use_fused_lora(model)
     if config.packed_weights:
         use_packed_weights(model)
-    if config.fast_norms:
-        use_fast_norms(model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     world.broadcast_(params)  # the same start on every rank
@@ -412,7 +407,6 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     # copies included) is given back now rather than at the next garbage collection.
     unpack(model)
     unfuse(model)
-    restore_norms(model)
     losses = [r["loss"] for r in history if "loss" in r]
     recent = losses[-max(1, min(len(losses), 10)):] or [float("nan")]
     return SFTResult(adapter_dir=output_dir, train_loss=sum(recent) / len(recent), eval_loss=best_eval,

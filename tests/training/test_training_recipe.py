@@ -112,7 +112,6 @@ def test_bad_input_is_one_sentence_before_training(tiny_model_dir, tmp_path, con
     dict(blockwise_loss=False),
     dict(fused_lora=False),
     dict(packed_weights=False),
-    dict(fast_norms=False),
 ])
 def test_every_speed_lever_measures_the_same_losses(tiny_model_dir, tmp_path, levers):
     """Without dropout the levers change only rounding: the initial eval loss (one forward
