@@ -17,14 +17,14 @@ real code rather than ~140.
 - ours: `selftrain.training.sft.run` with its defaults (bf16, packing with per-example
   attention, logits at answer positions only, bf16 adapters with fp32 masters, fast
   dropout, the loss computed blockwise from the hidden states, the LoRA layers that read
-  one input computed together, the frozen weights packed once for oneDNN, RMSNorm's forward
-  and backward by hand), one epoch over the same examples.
+  one input computed together, the frozen weights packed once for oneDNN), one epoch over
+  the same examples.
 - with --profile: where a step of ours goes, by kind of operator (`torch.profiler`, self CPU
   time over 8 steps after the warm-up): the frozen weights' packed matmuls, attention, the
   small matmuls, dropout's random bits, the other operators, and what is between them.
 - with --levers: ours with one lever changed at a time, starting from the plain recipe
   (bf16 base, fp32 adapters, right-padded batches, full logits, nn.Dropout, PEFT's own LoRA
-  layers, weights reordered by every matmul, transformers' RMSNorm).
+  layers, weights reordered by every matmul).
 
 Each variant runs in its own process (its own peak memory, no warm caches shared); naive and
 ours alternate for --rounds rounds and the fastest round of each is reported. Reported
@@ -64,7 +64,7 @@ WARMUP_STEPS = 2  # steps not timed in every variant
 NAIVE = "naive (spec: Trainer, fp32, pad to 512)"
 
 PLAIN = dict(packing=False, answer_logits_only=False, mixed_precision="fp32-adapters", fast_dropout=False,
-             fused_lora=False, packed_weights=False, fast_norms=False)
+             fused_lora=False, packed_weights=False)
 LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
     "plain (previous recipe: padding, fp32 adapters)": PLAIN,
     "+ packing": {**PLAIN, "packing": True},
@@ -73,10 +73,9 @@ LEVERS = {  # name -> SFTConfig overrides (besides epochs=1)
                                         "mixed_precision": "autocast"},
     "+ ... + bf16 adapters, fp32 masters": {**PLAIN, "packing": True, "answer_logits_only": True,
                                             "mixed_precision": "master"},
-    "+ ... + fast dropout": {"fused_lora": False, "packed_weights": False, "fast_norms": False},
-    "+ ... + fused LoRA layers": {"packed_weights": False, "fast_norms": False},
-    "+ ... + packed frozen weights": {"fast_norms": False},
-    "+ ... + RMSNorm by hand (= ours)": {},
+    "+ ... + fast dropout": {"fused_lora": False, "packed_weights": False},
+    "+ ... + fused LoRA layers": {"packed_weights": False},
+    "+ ... + packed frozen weights (= ours)": {},
     "ours, loss on whole logits (not blockwise)": {"blockwise_loss": False},
     "ours without dropout": {"lora_dropout": 0.0},
     "ours in fp32": {"dtype": "float32"},
