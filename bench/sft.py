@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,12 +155,8 @@ def run_ours(args, overrides: dict, profiler=None) -> dict:
         if profiler is not None:
             profiler.step()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if profiler is not None:
-            profiler.start()
+    with tempfile.TemporaryDirectory() as tmp, profiler if profiler is not None else nullcontext():
         result = run(config, examples, args.model, Path(tmp) / "adapter", on_step=on_step)
-        if profiler is not None:
-            profiler.stop()
     timed = records[WARMUP_STEPS:]
     tokens = sum(r["tokens"] for r in timed)
     seconds = sum(r["seconds"] for r in timed)
@@ -265,6 +262,9 @@ def profile_ours(args) -> dict:
 
 def print_profile(profile: dict) -> None:
     total = sum(profile["ms_per_step"].values())
+    if not total:
+        print(f"\nno step was profiled: the run has fewer than {WARMUP_STEPS + 2 + 1} steps")
+        return
     print(f"\nwhere a step of ours goes (torch.profiler, {profile['steps']} steps, self CPU time; "
           f"{total:.0f} ms per step under the profiler)")
     for group, ms in sorted(profile["ms_per_step"].items(), key=lambda kv: -kv[1]):
