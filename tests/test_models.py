@@ -82,3 +82,14 @@ def test_batched_generation_keeps_input_order(tiny_model_dir):
     assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(0 < g.completion_tokens <= 6 for g in batched)
+
+
+def test_loaded_models_keep_their_layers_forwards_through_train_and_eval(tiny_model_dir):
+    """transformers' hub kernels, on by default, re-"kernelize" a model at every train/eval
+    switch, deleting the patched forward of each norm and activation; models load without."""
+    model, _ = load_model(str(tiny_model_dir))
+    norm = model.model.norm
+    norm.forward = lambda x: x  # as a speed patch would
+    model.train()
+    model.eval()
+    assert "forward" in norm.__dict__

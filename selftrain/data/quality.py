@@ -338,7 +338,7 @@ def load_embedder() -> Embedder | None:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folders[0])
-    model = AutoModel.from_pretrained(folders[0]).eval()
+    model = AutoModel.from_pretrained(folders[0], use_kernels=False).eval()  # no Hub kernels (models/base.py)
 
     def embed(texts: list[str]) -> list[list[float]]:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")

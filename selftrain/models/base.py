@@ -81,7 +81,8 @@ def _convert_builtin(name: str, cache_dir: Path) -> Path:
     bar = getattr(gguf_utils, "tqdm", None)
     gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32,
+                                                         use_kernels=False)  # see load_model
     finally:
         if bar is not None:
             gguf_utils.tqdm = bar
@@ -156,7 +157,10 @@ def load_model(location: str, dtype: str = "auto", adapter: str | None = None,
     _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype))
+        # Hub kernels off (transformers turns them on by default): they would be fetched from the
+        # Hub at load time wherever transformers maps one to the device (none to the CPU in 5.25),
+        # and every train()/eval() switch would reset the forward of each layer they manage.
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), use_kernels=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SelftrainError(f"Could not load the model {location!r}: {first}") from None
