@@ -153,6 +153,13 @@ def _bound(module: torch.nn.Linear, packed: PackedWeight):
     return forward
 
 
+def packed_copies(linear: torch.nn.Linear, x: torch.Tensor) -> PackedWeight | None:
+    """`linear`'s packed copies, if `use_packed_weights` made them and they may compute it
+    for x now (for code that runs the linear's matmuls itself, like the blockwise loss)."""
+    packed = getattr(linear.__dict__.get("forward"), "packed_weight", None)
+    return packed if packed is not None and _usable(packed, linear.weight, x, linear.bias) else None
+
+
 def unpack(model) -> None:
     for module in model.modules():
         forward = module.__dict__.get("forward")

@@ -233,13 +233,10 @@ def _loss_buffers(rows: int, vocab: int, dtype: torch.dtype) -> tuple[torch.Tens
 def blockwise_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the logits `head(hidden)` ([n, d] @ [d, V]) against `targets`;
     from the head's packed weight when `prepack.use_packed_weights` packed it."""
-    weight = head.weight
-    packed = getattr(head.__dict__.get("forward"), "packed_weight", None)
-    if packed is not None and (not packed.current(weight) or hidden.dtype != packed.dtype
-                               or (packed.backward is None and torch.is_grad_enabled())):
-        packed = None
-    rows = max(1, LOSS_BLOCK_BYTES // (weight.shape[0] * 4))
-    return _BlockwiseCrossEntropy.apply(hidden, weight, packed, targets, rows)
+    from selftrain.models.prepack import packed_copies
+
+    rows = max(1, LOSS_BLOCK_BYTES // (head.weight.shape[0] * 4))
+    return _BlockwiseCrossEntropy.apply(hidden, head.weight, packed_copies(head, hidden), targets, rows)
 
 
 def accepts_logits_to_keep(model) -> bool:
