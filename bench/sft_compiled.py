@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -267,7 +268,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=42)
     parser.add_argument("--pairs", type=int, default=8, help="alternating eager/compiled pairs")
     parser.add_argument("--steps", type=int, default=4, help="steps per side of a pair")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--unpacked", action="store_true", help="compiled frozen matmuls on plain weights")
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "sft_compiled.json"))
     args = parser.parse_args()
