@@ -202,7 +202,10 @@ def compiled_layers(model, p: float, packed: bool):
             for group in (qkv, single):
                 weights[group.weight.data_ptr()] = group.packed
             for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-                weights[m.weight.data_ptr()] = m.__dict__["forward"].packed_weight
+                copies = getattr(m.__dict__.get("forward"), "packed_weight", None)
+                if copies is None:
+                    sys.exit("ours did not pack this model's MLP weights (too little memory free?); try --unpacked")
+                weights[m.weight.data_ptr()] = copies
 
         def adapter(m):
             return m.lora_A["default"].weight, m.lora_B["default"].weight
