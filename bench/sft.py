@@ -237,6 +237,17 @@ OTHER_ATEN = "elementwise, copies, reductions (other aten ops)"
 BETWEEN = "Python and autograd between operators"
 
 
+def ms_by_kind(events, steps: int) -> dict[str, float]:
+    """Self CPU milliseconds per step of profiler `events` in each of `PROFILE_GROUPS`, the
+    other aten operators, and the rest (Python and autograd between operators)."""
+    names = {name: group for group, names in PROFILE_GROUPS for name in names}
+    groups = {group: 0.0 for group, _ in PROFILE_GROUPS} | {OTHER_ATEN: 0.0, BETWEEN: 0.0}
+    for e in events:
+        group = names.get(e.key) or (OTHER_ATEN if e.key.startswith("aten::") else BETWEEN)
+        groups[group] += e.self_cpu_time_total / 1000 / steps
+    return groups
+
+
 def profile_ours(args) -> dict:
     """`PROFILE_STEPS` steps of ours after the warm-up, under `torch.profiler`: milliseconds per
     step in each of `PROFILE_GROUPS` and the top operators."""
@@ -248,13 +259,8 @@ def profile_ours(args) -> dict:
     out = run_ours(args, json.loads(args.overrides), profiler)
     events = profiler.key_averages()
     steps = max(1, sum(e.count for e in events if e.key.startswith("ProfilerStep")))
-    names = {name: group for group, names in PROFILE_GROUPS for name in names}
-    groups = {group: 0.0 for group, _ in PROFILE_GROUPS} | {OTHER_ATEN: 0.0, BETWEEN: 0.0}
-    for e in events:
-        group = names.get(e.key) or (OTHER_ATEN if e.key.startswith("aten::") else BETWEEN)
-        groups[group] += e.self_cpu_time_total / 1000 / steps
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
-    out["profile"] = {"steps": steps, "ms_per_step": groups,
+    out["profile"] = {"steps": steps, "ms_per_step": ms_by_kind(events, steps),
                       "top_ops": [{"op": e.key, "ms_per_step": e.self_cpu_time_total / 1000 / steps,
                                    "calls_per_step": e.count / steps} for e in top]}
     return out

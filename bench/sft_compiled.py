@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sft import DEFAULT_WORKSPACE, PROFILE_GROUPS, load_examples  # noqa: E402
+from sft import DEFAULT_WORKSPACE, load_examples, ms_by_kind  # noqa: E402
 
 COMPILED = "compiled regions (inductor's kernels)"
 # Inductor computes a fused region in fp32 and rounds to bf16 once where eager rounds every
@@ -56,11 +56,8 @@ def build(args):
     from peft import LoraConfig, TaskType, get_peft_model
 
     from selftrain.models.base import load_model
-    from selftrain.models.prepack import use_packed_weights
-    from selftrain.training.fused import use_fused_lora
-    from selftrain.training.packing import pack, packed_loss, use_segment_attention
-    from selftrain.training.precision import MasterWeights, use_fast_dropout
-    from selftrain.training.sft import SFTConfig, loss_logits, tokenize
+    from selftrain.training.precision import MasterWeights
+    from selftrain.training.sft import SFTConfig, batch_loss, evaluate_loss, tokenize, use_speed_levers
 
     config = SFTConfig()
     model, tokenizer = load_model(args.model, config.dtype, trainable_adapter=True)
@@ -69,36 +66,29 @@ def build(args):
                                              target_modules=list(ATTENTION_TARGETS)))
     model.train()
     rows = tokenize(load_examples("", args.examples), tokenizer, config)
-    if not use_segment_attention(model, config.max_length):
+    packed, logits = use_speed_levers(model, config)
+    if not packed:
         sys.exit("this model does not route attention through transformers' AttentionInterface")
-    logits = loss_logits(model, config)
-    use_fast_dropout(model)
-    use_fused_lora(model)
-    use_packed_weights(model)
     params = [p for p in model.parameters() if p.requires_grad]
     masters = MasterWeights(params, torch.bfloat16)
     optimizer = torch.optim.AdamW(masters.masters, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=True)
     batches = [rows[i:i + config.batch_size] for i in range(0, len(rows) - 1, config.batch_size)]
+    pad_id = tokenizer.pad_token_id
 
     def step(index: int) -> tuple[int, float]:
-        batch = pack(batches[index % len(batches)])
         started = time.perf_counter()
-        loss, _ = packed_loss(model, batch, logits=logits)
+        loss, _, tokens = batch_loss(model, batches[index % len(batches)], pad_id, packed, logits)
         loss.backward()
         masters.grads_to_masters()
         torch.nn.utils.clip_grad_norm_(masters.masters, config.max_grad_norm, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         masters.masters_to_params()
-        return batch.n_tokens, time.perf_counter() - started
+        return tokens, time.perf_counter() - started
 
     def loss_of(index: int) -> float:
-        model.eval()
-        with torch.no_grad():
-            loss, _ = packed_loss(model, pack(batches[index]), logits=logits)
-        model.train()
-        return float(loss)
+        return evaluate_loss(model, batches[index], pad_id, config.batch_size, packed, logits)
 
     return model, config, step, loss_of
 
@@ -249,18 +239,17 @@ def compiled_layers(model, p: float, packed: bool):
 
 
 def profile(step, first: int, steps: int) -> dict:
-    """Self CPU milliseconds per step by kind of work over `steps` steps."""
+    """Self CPU milliseconds per step by kind of work over `steps` steps (bench/sft.py's kinds,
+    and the compiled regions' own kernels)."""
     import torch
 
-    names = {name: group for group, names in PROFILE_GROUPS for name in names}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for i in range(steps):
             step(first + i)
-    kinds: dict[str, float] = {}
-    for e in prof.key_averages():
-        kind = (names.get(e.key) or (COMPILED if e.key.startswith("## Call CompiledFxGraph")
-                                     else "everything else: elementwise, copies, Python, autograd"))
-        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total / 1000 / steps
+    events = prof.key_averages()
+    graphs = [e for e in events if e.key.startswith("## Call CompiledFxGraph")]
+    kinds = ms_by_kind([e for e in events if not e.key.startswith("## Call CompiledFxGraph")], steps)
+    kinds[COMPILED] = sum(e.self_cpu_time_total for e in graphs) / 1000 / steps
     return kinds
 
 

@@ -149,6 +149,26 @@ def loss_logits(model, config: SFTConfig) -> str:
     return "answers" if accepts_logits_to_keep(model) else "all"
 
 
+def use_speed_levers(model, config: SFTConfig) -> tuple[bool, str]:
+    """Switch on the speed levers `config` asks for, on a LoRA model about to train: segment
+    attention for packed rows, fast dropout, fused LoRA layers, packed frozen weights.
+    Returns (whether rows are packed, where the loss projects: `loss_logits`)."""
+    from selftrain.models.prepack import use_packed_weights
+    from selftrain.training.fused import use_fused_lora
+    from selftrain.training.packing import use_segment_attention
+    from selftrain.training.precision import use_fast_dropout
+
+    packed = config.packing and use_segment_attention(model, config.max_length)
+    logits = loss_logits(model, config)
+    if config.fast_dropout:
+        use_fast_dropout(model)
+    if config.fused_lora:
+        use_fused_lora(model)
+    if config.packed_weights:
+        use_packed_weights(model)
+    return packed, logits
+
+
 def batch_loss(model, rows, pad_id: int, packed: bool, logits: str):
     """(mean loss over the answer tokens of `rows`, answer tokens, real tokens); `logits` as
     in `packing.packed_loss`, for packed rows."""
@@ -235,13 +255,12 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from selftrain.models.prepack import unpack, use_packed_weights
+    from selftrain.models.prepack import unpack
     from selftrain.training import checkpoint
     from selftrain.training.distributed import current_world
-    from selftrain.training.fused import unfuse, use_fused_lora
+    from selftrain.training.fused import unfuse
     from selftrain.training.monitor import TrainingMonitor, open_reporter
-    from selftrain.training.packing import use_segment_attention
-    from selftrain.training.precision import MasterWeights, use_fast_dropout
+    from selftrain.training.precision import MasterWeights
 
     began = time.perf_counter()
     world = current_world()  # one process, or this rank of a data-parallel launch (distributed.py)
@@ -281,14 +300,7 @@ def _run(config, examples, base_location, output_dir, *, init_adapter, on_step, 
 
     # 3. Speed: packed rows with per-example attention, cheap dropout, bf16 adapters whose
     #    fp32 masters the optimizer steps (or the plain variants, for measurement).
-    packed = config.packing and use_segment_attention(model, config.max_length)
-    logits = loss_logits(model, config)
-    if config.fast_dropout:
-        use_fast_dropout(model)
-    if config.fused_lora:
-        use_fused_lora(model)
-    if config.packed_weights:
-        use_packed_weights(model)
+    packed, logits = use_speed_levers(model, config)
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     world.broadcast_(params)  # the same start on every rank
